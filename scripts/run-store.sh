@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The local MongoDB-compatible store (nx-27017) for `make run`, in the foreground.
+# Production points MONGO_URI at a real MongoDB replica set instead.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+port=${MONGO_PORT:-27017}
+data=${SANAD_DATA_DIR:-$PWD/.data}/store
+mkdir -p "$data"
+pid_file="$data/nx.pid"
+if [ -f "$pid_file" ] && ! kill -0 "$(cat "$pid_file")" 2>/dev/null; then
+  rm -f "$pid_file"  # left by a killed run; nx-27017 refuses to start while it exists
+fi
+if timeout 1 bash -c "exec 3<>/dev/tcp/127.0.0.1/$port" 2>/dev/null; then
+  echo "store: something already answers on 127.0.0.1:$port; using it (make stop ends ours)"
+  exec sleep infinity
+fi
+echo "store: nx-27017 on 127.0.0.1:$port, data in $data, log in $data/nx.log"
+exec .venv-store/bin/nx-27017 --host 127.0.0.1 -p "$port" --data-dir "$data" \
+  --log-file "$data/nx.log" --pid-file "$pid_file"

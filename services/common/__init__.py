@@ -1,0 +1,1 @@
+"""Mechanisms every Sanad service shares: storage, outbox, events, metrics, errors, config."""

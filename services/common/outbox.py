@@ -1,0 +1,116 @@
+"""The transactional outbox: a state change and the events it causes commit together.
+
+A service's store writes the change and its pending events in one single-document
+update (`storage.with_outbox`). Right after, the service publishes those events and
+acknowledges each one (removing it from the document). If the process dies in between,
+or the broker is down, the events stay pending and `OutboxRelay`'s timer publishes them
+later. Delivery is therefore at-least-once; consumers deduplicate by event id.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from nameko.events import EventDispatcher
+
+from services.common.envelope import DomainEvent, make_envelope, parse_time
+from services.common.failpoints import failpoint
+from services.common.metrics import metrics_of
+from services.common.storage import BaseStore, Store
+from services.common.timers import every
+
+log = logging.getLogger(__name__)
+
+
+class Outbox(EventDispatcher):
+    """Event dispatcher that publishes pending outbox events and acknowledges them."""
+
+    def setup(self) -> None:
+        super().setup()
+        config = self.container.config
+        self.source = f"/sanad/{self.container.service_name}"
+        self.grace = timedelta(seconds=float(config.get("OUTBOX_GRACE_SECONDS", 5)))
+        self.lease = timedelta(seconds=float(config.get("OUTBOX_LEASE_SECONDS", 30)))
+        self.batch = int(config.get("OUTBOX_RELAY_BATCH", 500))
+
+    def _store(self) -> BaseStore:
+        for dependency in self.container.dependencies:
+            if isinstance(dependency, Store) and dependency.store is not None:
+                return dependency.store
+        raise RuntimeError("Outbox needs a Store dependency on the same service")
+
+    def get_dependency(self, worker_ctx: Any) -> OutboxHandle:
+        return OutboxHandle(self, super().get_dependency(worker_ctx))
+
+
+class OutboxHandle:
+    """What a service sees as `self.outbox` inside a worker."""
+
+    def __init__(self, provider: Outbox, dispatch: Any) -> None:
+        self._provider = provider
+        self._dispatch = dispatch
+        self._metrics = metrics_of(provider.container)
+
+    def wrap(self, events: Iterable[DomainEvent], now: datetime) -> list[dict[str, Any]]:
+        """CloudEvents envelopes for the events a domain change caused."""
+        return [make_envelope(e, source=self._provider.source, now=now) for e in events]
+
+    def publish(self, collection: str, doc_id: str,
+                envelopes: Iterable[Mapping[str, Any]]) -> int:
+        """Publish events just written with a change; whatever fails stays for the relay."""
+        failpoint("outbox.after_write")
+        store = self._provider._store()
+        sent = 0
+        for envelope in envelopes:
+            try:
+                self._dispatch(envelope["type"], dict(envelope))
+            except Exception:  # noqa: BLE001 - the change is committed; the relay retries
+                log.warning("publish failed, left for relay: %s %s",
+                            envelope["type"], envelope["id"], exc_info=True)
+                return sent
+            if self._metrics:
+                self._metrics.events_published.labels(envelope["type"]).inc()
+            failpoint("outbox.after_publish")
+            store.outbox_ack(collection, doc_id, envelope["id"])
+            sent += 1
+        return sent
+
+    def relay(self, now: datetime | None = None) -> int:
+        """Publish events left pending longer than the grace period; returns how many."""
+        now = now or datetime.now(UTC)
+        provider = self._provider
+        store = provider._store()
+        sent = 0
+        for collection in store.OUTBOX_COLLECTIONS:
+            while sent < provider.batch:
+                doc = store.outbox_claim(collection, now, provider.lease)
+                if doc is None:
+                    break
+                pending = sorted(
+                    (entry for entry in (doc.get("outbox") or {}).values()),
+                    key=lambda entry: (entry["event"]["time"], entry["n"]),
+                )
+                due = [entry["event"] for entry in pending
+                       if now - parse_time(entry["event"]["time"]) >= provider.grace]
+                published = self.publish(collection, doc["_id"], due)
+                sent += published
+                if published < len(due):
+                    return sent  # broker trouble: stop hammering, the lease expires
+        if sent:
+            log.info("outbox relay published %d pending event(s)", sent)
+        return sent
+
+
+class OutboxRelay:
+    """Mixin for a service class: relays pending outbox events on a timer.
+
+    Several replicas may run it; each leases different documents.
+    """
+
+    outbox: Any
+
+    @every("OUTBOX_RELAY_SECONDS", 2.0)
+    def relay_outbox(self) -> None:
+        self.outbox.relay()

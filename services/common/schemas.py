@@ -1,0 +1,178 @@
+"""Marshmallow foundations for every payload that crosses a service boundary.
+
+`StrictSchema` refuses unknown fields, any key that could become a MongoDB operator or
+path (`$…`, dotted, NUL), oversized payloads and absurd nesting, before a field is read.
+`load()` turns marshmallow's errors into the RPC `ValidationError` with field messages.
+"""
+from __future__ import annotations
+
+import json
+import re
+import unicodedata
+from collections.abc import Mapping
+from datetime import date, datetime
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
+
+from marshmallow import RAISE, Schema, fields, pre_load, validate
+from marshmallow import ValidationError as MarshmallowError
+
+from services.common.errors import ValidationError
+
+MAX_PAYLOAD_BYTES = 64 * 1024
+MAX_DEPTH = 8
+
+# Control characters other than tab/newline have no business in user text and break
+# logs, CSV exports and terminals; bidi marks are kept because Arabic text needs them.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def _check_keys(value: Any, path: str, depth: int, errors: dict[str, list[str]]) -> None:
+    if depth > MAX_DEPTH:
+        errors[path or "_schema"] = [f"Nested deeper than {MAX_DEPTH} levels."]
+        return
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            where = f"{path}.{key}" if path else str(key)
+            if not isinstance(key, str):
+                errors[where] = ["Keys must be strings."]
+            elif key.startswith("$") or "." in key or "\x00" in key:
+                errors[where] = ["Keys may not start with '$' or contain '.' or NUL."]
+            else:
+                _check_keys(item, where, depth + 1, errors)
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            _check_keys(item, f"{path}.{index}" if path else str(index), depth + 1, errors)
+
+
+class StrictSchema(Schema):
+    """Base schema: unknown fields are errors, keys are checked before loading."""
+
+    max_bytes = MAX_PAYLOAD_BYTES
+
+    class Meta:
+        unknown = RAISE
+
+    @pre_load(pass_many=True)
+    def _guard_raw_input(self, data: Any, **_: Any) -> Any:
+        if data is None:
+            return data
+        try:
+            size = len(json.dumps(data, ensure_ascii=False, default=str).encode())
+        except (TypeError, ValueError) as exc:
+            raise MarshmallowError(f"Payload is not JSON-serialisable: {exc}") from exc
+        if size > self.max_bytes:
+            raise MarshmallowError(f"Payload is {size} bytes; the limit is {self.max_bytes}.")
+        errors: dict[str, list[str]] = {}
+        _check_keys(data, "", 0, errors)
+        if errors:
+            raise MarshmallowError(errors)
+        return data
+
+
+def load(schema: Schema, data: Any, *, partial: bool = False) -> Any:
+    """Validate `data`; raise the RPC ValidationError with per-field messages."""
+    if data is not None and not isinstance(data, Mapping) and not schema.many:
+        raise ValidationError("Invalid input.", {"_schema": ["Expected an object."]})
+    try:
+        return schema.load(data, partial=partial)
+    except MarshmallowError as exc:
+        messages = exc.messages if isinstance(exc.messages, dict) else {"_schema": exc.messages}
+        raise ValidationError("Invalid input.", messages) from None
+
+
+class Text(fields.String):
+    """User text in any script: NFC-normalised, trimmed, bounded, no control characters."""
+
+    def __init__(self, *, max_length: int = 200, min_length: int = 0, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.max_length = max_length
+        self.min_length = min_length
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
+        text = unicodedata.normalize("NFC", super()._deserialize(value, attr, data, **kwargs))
+        text = text.strip()
+        if _CONTROL.search(text):
+            raise MarshmallowError("Contains control characters.")
+        if len(text) > self.max_length:
+            raise MarshmallowError(f"Longer than {self.max_length} characters.")
+        if len(text) < self.min_length:
+            raise MarshmallowError(
+                "May not be empty." if self.min_length == 1
+                else f"Shorter than {self.min_length} characters."
+            )
+        return text
+
+
+class TimeZone(fields.String):
+    """An IANA time zone name such as `Asia/Beirut`."""
+
+    _known: frozenset[str] | None = None
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
+        name = super()._deserialize(value, attr, data, **kwargs).strip()
+        if TimeZone._known is None:
+            TimeZone._known = frozenset(available_timezones())
+        if name not in TimeZone._known:
+            raise MarshmallowError(f"Unknown IANA time zone: {name[:64]!r}.")
+        try:
+            ZoneInfo(name)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise MarshmallowError(f"Unknown IANA time zone: {name[:64]!r}.") from exc
+        return name
+
+
+class LanguageCode(fields.String):
+    """An ISO 639 language code (`ar`, `en`, `fr`, `apc`), stored lowercase."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
+        code = super()._deserialize(value, attr, data, **kwargs).strip().lower()
+        if not re.fullmatch(r"[a-z]{2,3}", code):
+            raise MarshmallowError("Expected an ISO 639 language code such as 'ar' or 'en'.")
+        return code
+
+
+class CountryCode(fields.String):
+    """An ISO 3166-1 alpha-2 country code, stored uppercase."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
+        code = super()._deserialize(value, attr, data, **kwargs).strip().upper()
+        if not re.fullmatch(r"[A-Z]{2}", code):
+            raise MarshmallowError("Expected an ISO 3166-1 alpha-2 country code such as 'LB'.")
+        return code
+
+
+class Email(fields.Email):
+    """An email address, trimmed; bounded per RFC 5321."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
+        if isinstance(value, str):
+            value = value.strip()
+        return super()._deserialize(value, attr, data, **kwargs)
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(validate=validate.Length(max=254), **kwargs)
+
+
+class Page(StrictSchema):
+    """Cursor pagination parameters shared by every list call."""
+
+    limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=500))
+    cursor = fields.String(load_default=None, allow_none=True,
+                           validate=validate.Regexp(r"^[a-z]{2,5}_[0-9a-f]{28}$"))
+
+
+def to_wire(value: Any) -> Any:
+    """A stored document as an RPC reply: `_id` becomes `id`, dates become ISO strings.
+
+    Replies stay plain JSON so non-Python callers (the gateway, partners) read them as is.
+    """
+    if isinstance(value, Mapping):
+        return {("id" if key == "_id" else key): to_wire(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [to_wire(item) for item in value]
+    if isinstance(value, datetime):
+        return value.isoformat().replace("+00:00", "Z")
+    if isinstance(value, date):
+        return value.isoformat()
+    return value

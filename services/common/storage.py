@@ -1,0 +1,165 @@
+"""MongoDB access shared by every service: the Store dependency and the store base class.
+
+Each service subclasses `BaseStore` in its own `store.py` (the only module that speaks
+pymongo), declares its indexes there, and gets the outbox and processed-event
+collections for free. Patterns follow docs/store-compatibility.md: string ids, one
+atomic single-document write per change, no transactions, no partial indexes.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from nameko.extensions import DependencyProvider
+from pymongo import ASCENDING, MongoClient, ReturnDocument
+from pymongo.database import Database
+from pymongo.errors import DuplicateKeyError
+
+# Fields the outbox keeps inside a changed document; never returned to callers.
+OUTBOX_FIELDS = ("outbox", "outbox_n", "outbox_lease")
+HIDDEN = {name: 0 for name in OUTBOX_FIELDS}
+PROCESSED = "processed_events"
+
+
+@dataclass(frozen=True)
+class Index:
+    collection: str
+    keys: Sequence[tuple[str, int]]
+    unique: bool = False
+    sparse: bool = False
+    ttl_seconds: int | None = None
+
+    def create(self, db: Database) -> None:
+        options: dict[str, Any] = {"unique": self.unique, "sparse": self.sparse}
+        if self.ttl_seconds is not None:
+            options["expireAfterSeconds"] = self.ttl_seconds
+        db[self.collection].create_index(list(self.keys), **options)
+
+
+def asc(*names: str) -> list[tuple[str, int]]:
+    return [(name, ASCENDING) for name in names]
+
+
+def with_outbox(update: dict[str, Any], envelopes: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """Add pending events to an update so state and events commit in one write."""
+    update = {op: dict(values) for op, values in update.items()}
+    count = 0
+    for n, envelope in enumerate(envelopes):
+        update.setdefault("$set", {})[f"outbox.{envelope['id']}"] = {"n": n, "event": envelope}
+        count += 1
+    if count:
+        update.setdefault("$inc", {})["outbox_n"] = count
+    return update
+
+
+def new_with_outbox(doc: dict[str, Any], envelopes: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """A document to insert, carrying the events its creation causes."""
+    pending = {e["id"]: {"n": n, "event": e} for n, e in enumerate(envelopes)}
+    return {**doc, "outbox": pending, "outbox_n": len(pending)}
+
+
+def visible(doc: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """A stored document without the outbox bookkeeping."""
+    if doc is None:
+        return None
+    return {k: v for k, v in doc.items() if k not in OUTBOX_FIELDS}
+
+
+class BaseStore:
+    """A service's database. Subclasses set INDEXES and OUTBOX_COLLECTIONS."""
+
+    INDEXES: Sequence[Index] = ()
+    OUTBOX_COLLECTIONS: Sequence[str] = ()
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def ensure_indexes(self) -> None:
+        indexes = [*self.INDEXES,
+                   Index(PROCESSED, asc("expires_at"), ttl_seconds=0)]
+        indexes += [Index(name, asc("outbox_n")) for name in self.OUTBOX_COLLECTIONS]
+        for index in indexes:
+            index.create(self.db)
+
+    def ping(self) -> None:
+        self.db.client.admin.command("ping")
+
+    # -- outbox ---------------------------------------------------------------------
+    def outbox_ack(self, collection: str, doc_id: str, event_id: str) -> bool:
+        """Drop one published event; a second ack of the same event is a no-op."""
+        result = self.db[collection].update_one(
+            {"_id": doc_id, f"outbox.{event_id}": {"$exists": True}},
+            {"$unset": {f"outbox.{event_id}": ""}, "$inc": {"outbox_n": -1}},
+        )
+        return result.modified_count == 1
+
+    def outbox_claim(self, collection: str, now: datetime, lease: timedelta
+                     ) -> dict[str, Any] | None:
+        """Lease one document with pending events, so replicas relay different ones."""
+        return self.db[collection].find_one_and_update(
+            {"outbox_n": {"$gt": 0},
+             "$or": [{"outbox_lease": {"$exists": False}}, {"outbox_lease": {"$lt": now}}]},
+            {"$set": {"outbox_lease": now + lease}},
+            projection={"outbox": 1},
+            return_document=ReturnDocument.AFTER,
+        )
+
+    def outbox_backlog(self) -> int:
+        return sum(
+            self.db[name].count_documents({"outbox_n": {"$gt": 0}})
+            for name in self.OUTBOX_COLLECTIONS
+        )
+
+    # -- idempotent consumers -------------------------------------------------------
+    def already_processed(self, key: str, now: datetime) -> bool:
+        # TTL deletion is lazy on some stores: the expiry filter is the real rule.
+        return self.db[PROCESSED].count_documents(
+            {"_id": key, "expires_at": {"$gt": now}}, limit=1) > 0
+
+    def mark_processed(self, key: str, now: datetime, keep: timedelta) -> None:
+        try:
+            self.db[PROCESSED].insert_one({"_id": key, "at": now, "expires_at": now + keep})
+        except DuplicateKeyError:
+            self.db[PROCESSED].update_one({"_id": key}, {"$set": {"expires_at": now + keep}})
+
+
+class Store(DependencyProvider):
+    """One MongoClient per container; injects the service's store object.
+
+    Database name: `MONGO_DB_PREFIX` + service name (`sanad_registry` by default), so
+    each service owns its database and tests use throwaway prefixes.
+    """
+
+    def __init__(self, store_cls: type[BaseStore]) -> None:
+        self.store_cls = store_cls
+        self.client: MongoClient | None = None
+        self.store: BaseStore | None = None
+
+    def setup(self) -> None:
+        config = self.container.config
+        self.client = MongoClient(
+            config.get("MONGO_URI", "mongodb://127.0.0.1:27017"),
+            tz_aware=True,
+            serverSelectionTimeoutMS=int(config.get("MONGO_TIMEOUT_MS", 5000)),
+            appname=f"sanad-{self.container.service_name}",
+        )
+        db_name = config.get("MONGO_DB_PREFIX", "sanad_") + self.container.service_name
+        self.store = self.store_cls(self.client[db_name])
+        self.store.ensure_indexes()
+
+    def stop(self) -> None:
+        if self.client is not None:
+            self.client.close()
+
+    def kill(self) -> None:
+        self.stop()
+
+    def get_dependency(self, worker_ctx: Any) -> BaseStore:
+        assert self.store is not None
+        return self.store
+
+    def health_check(self) -> None:
+        assert self.store is not None
+        self.store.ping()

@@ -1,0 +1,1 @@
+"""Registry: volunteers, organisations, beneficiaries, consent, export and erasure."""

@@ -1,0 +1,178 @@
+"""The registry's collections, indexes and queries: the only module that speaks pymongo.
+
+Array fields are queried with `$in`/`$all` only (plain equality on an array field
+silently matches nothing on nx-27017, see docs/store-compatibility.md); uniqueness
+uses normalised copies with sparse unique indexes, so tombstones (which drop the key)
+never collide.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from pymongo import ReturnDocument
+from pymongo.errors import DuplicateKeyError
+
+from services.common.errors import Conflict, NotFound
+from services.common.storage import (
+    HIDDEN,
+    BaseStore,
+    Index,
+    asc,
+    new_with_outbox,
+    with_outbox,
+)
+
+VOLUNTEERS = "volunteers"
+ORGANISATIONS = "organisations"
+BENEFICIARIES = "beneficiaries"
+
+SUMMARY = {"name": 1, "status": 1, "skills": 1, "languages": 1, "mode": 1, "location": 1,
+           "availability": 1, "vetting": 1, "verified_hours": 1, "version": 1}
+
+
+class RegistryStore(BaseStore):
+    OUTBOX_COLLECTIONS = (VOLUNTEERS, ORGANISATIONS, BENEFICIARIES)
+    INDEXES = (
+        Index(VOLUNTEERS, asc("email_norm"), unique=True, sparse=True),
+        Index(VOLUNTEERS, asc("user_id"), unique=True, sparse=True),
+        Index(VOLUNTEERS, asc("status")),
+        Index(VOLUNTEERS, asc("skill_ids")),
+        Index(VOLUNTEERS, asc("skill_keys")),
+        Index(VOLUNTEERS, asc("language_codes")),
+        Index(VOLUNTEERS, asc("country")),
+        Index(ORGANISATIONS, asc("status")),
+        Index(ORGANISATIONS, asc("country")),
+        Index(ORGANISATIONS, asc("member_ids")),
+        Index(BENEFICIARIES, asc("organisation_id")),
+    )
+
+    # -- generic single-document writes, each with its events -------------------------
+    def insert(self, collection: str, doc: dict[str, Any],
+               envelopes: Iterable[Mapping[str, Any]], what: str) -> None:
+        try:
+            self.db[collection].insert_one(new_with_outbox(doc, envelopes))
+        except DuplicateKeyError as exc:
+            raise Conflict(f"This {what} is already registered.",
+                           _duplicate_fields(exc)) from None
+
+    def get(self, collection: str, doc_id: str, what: str) -> dict[str, Any]:
+        doc = self.db[collection].find_one({"_id": doc_id}, HIDDEN)
+        if doc is None:
+            raise NotFound(f"No such {what}.", {"id": [doc_id]})
+        return doc
+
+    def raw(self, collection: str, doc_id: str) -> dict[str, Any] | None:
+        """The stored document with its pending events (for erasure only)."""
+        return self.db[collection].find_one({"_id": doc_id})
+
+    def update(self, collection: str, doc_id: str, version: int, set_: Mapping[str, Any],
+               envelopes: Iterable[Mapping[str, Any]], what: str,
+               unset: Iterable[str] = ()) -> dict[str, Any]:
+        """Compare-and-set on `version`: Conflict if someone else wrote first."""
+        update: dict[str, Any] = {"$inc": {"version": 1}}
+        if set_:
+            update["$set"] = dict(set_)
+        unset = list(unset)
+        if unset:
+            update["$unset"] = {name: "" for name in unset}
+        try:
+            after = self.db[collection].find_one_and_update(
+                {"_id": doc_id, "version": version}, with_outbox(update, envelopes),
+                projection=HIDDEN, return_document=ReturnDocument.AFTER)
+        except DuplicateKeyError as exc:
+            raise Conflict(f"This {what} clashes with another.", _duplicate_fields(exc)) from None
+        if after is None:
+            current = self.get(collection, doc_id, what)
+            raise Conflict(f"The {what} changed since version {version}.",
+                           {"version": [f"Current version is {current['version']}."]})
+        return after
+
+    def replace(self, collection: str, raw: Mapping[str, Any], new_doc: dict[str, Any],
+                envelopes: Iterable[Mapping[str, Any]], what: str) -> None:
+        """Swap a document for `new_doc`, keeping events still waiting to be published."""
+        pending = dict(raw.get("outbox") or {})
+        doc = new_with_outbox(new_doc, envelopes)
+        pending.update(doc["outbox"])
+        doc["outbox"], doc["outbox_n"] = pending, len(pending)
+        result = self.db[collection].replace_one(
+            {"_id": raw["_id"], "version": raw["version"]}, doc)
+        if result.matched_count != 1:
+            raise Conflict(f"The {what} changed meanwhile; try again.", {"version": []})
+
+    def inc(self, collection: str, doc_id: str, inc: Mapping[str, Any]) -> bool:
+        result = self.db[collection].update_one({"_id": doc_id}, {"$inc": dict(inc)})
+        return result.modified_count == 1
+
+    # -- volunteers -------------------------------------------------------------------
+    def volunteer_by_email(self, email_norm: str) -> dict[str, Any] | None:
+        return self.db[VOLUNTEERS].find_one({"email_norm": email_norm}, HIDDEN)
+
+    def contact(self, volunteer_id: str) -> dict[str, Any] | None:
+        return self.db[VOLUNTEERS].find_one(
+            {"_id": volunteer_id, "status": {"$in": ["active", "paused"]}},
+            {"name": 1, "email": 1, "phone": 1, "preferred_language": 1, "consent": 1})
+
+    def search_volunteers(self, *, status: str | None, skill_ids: list[str],
+                          skill_keys: list[str], language: str | None, country: str | None,
+                          modes: list[str] | None, cursor: str | None, limit: int
+                          ) -> tuple[list[dict[str, Any]], str | None]:
+        query: dict[str, Any] = {}
+        query["status"] = {"$in": [status] if status else ["active", "paused"]}
+        if skill_ids or skill_keys:
+            either = []
+            if skill_ids:
+                either.append({"skill_ids": {"$in": skill_ids}})
+            if skill_keys:
+                either.append({"skill_keys": {"$in": skill_keys}})
+            query["$or"] = either
+        if language:
+            query["language_codes"] = {"$in": [language]}
+        if country:
+            query["country"] = country
+        if modes:
+            query["mode"] = {"$in": modes}
+        return self._page(VOLUNTEERS, query, SUMMARY, cursor, limit)
+
+    # -- organisations and beneficiaries --------------------------------------------------
+    def search_organisations(self, *, status: str | None, country: str | None,
+                             member: str | None, cursor: str | None, limit: int
+                             ) -> tuple[list[dict[str, Any]], str | None]:
+        query: dict[str, Any] = {}
+        if status:
+            query["status"] = status
+        if country:
+            query["country"] = country
+        if member:
+            query["member_ids"] = {"$in": [member]}
+        return self._page(ORGANISATIONS, query, HIDDEN, cursor, limit)
+
+    def beneficiaries_of(self, org_id: str, cursor: str | None, limit: int
+                         ) -> tuple[list[dict[str, Any]], str | None]:
+        query = {"organisation_id": org_id, "status": "active"}
+        return self._page(BENEFICIARIES, query, HIDDEN, cursor, limit)
+
+    def _page(self, collection: str, query: dict[str, Any], projection: Mapping[str, Any],
+              cursor: str | None, limit: int) -> tuple[list[dict[str, Any]], str | None]:
+        """Keyset pagination on the time-ordered `_id`: stable under concurrent inserts."""
+        if cursor:
+            query = {**query, "_id": {"$gt": cursor}}
+        docs = list(self.db[collection].find(query, dict(projection))
+                    .sort("_id", 1).limit(limit + 1))
+        next_cursor = docs[limit - 1]["_id"] if len(docs) > limit else None
+        return docs[:limit], next_cursor
+
+    def all_documents(self) -> Iterable[tuple[str, dict[str, Any]]]:
+        """Every document of every collection (privacy checks and tests)."""
+        for name in self.db.list_collection_names():
+            for doc in self.db[name].find():
+                yield name, doc
+
+
+def _duplicate_fields(exc: DuplicateKeyError) -> dict[str, list[str]]:
+    text = str(exc)
+    if "email" in text:
+        return {"email": ["Already registered."]}
+    if "user_id" in text:
+        return {"user_id": ["This account already has a volunteer profile."]}
+    return {"_schema": ["Already exists."]}
