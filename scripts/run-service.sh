@@ -3,4 +3,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 svc=$1
-exec "$PWD/.venv/bin/nameko" run --config "services/$svc/config.yml" "services.$svc.service"
+exec "$PWD/.venv/bin/nameko" run --config "services/$svc/config.yml" "services.$svc.service:Service"

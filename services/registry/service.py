@@ -329,3 +329,8 @@ class RegistryService(ServiceBase, OutboxRelay):
         self._erase(BENEFICIARIES, doc["_id"], domain.erase_beneficiary, "beneficiary")
         return {"beneficiary_id": doc["_id"], "status": "erased"}
 
+
+
+# What `nameko run services.registry.service:Service` starts (scripts/run-service.sh);
+# naming it avoids nameko also trying to run the imported OutboxRelay mixin.
+Service = RegistryService
