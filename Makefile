@@ -47,8 +47,8 @@ lint: deps
 	$(BIN)/ruff check .
 
 stop:
-	-@pkill -f "$(BIN)/nameko run" && echo "stopped services" || true
-	-@pkill -f "$(BIN)/honcho start" || true
+	-@pkill -f "$(CURDIR)/[.]venv/bin/nameko run" && echo "stopped services" || true
+	-@pkill -f "$(CURDIR)/[.]venv/bin/honcho start" || true
 	-@if [ -f .data/store/nx.pid ]; then kill "$$(cat .data/store/nx.pid)" 2>/dev/null && echo "stopped store"; rm -f .data/store/nx.pid; fi
 
 clean: stop

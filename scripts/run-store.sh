@@ -15,5 +15,13 @@ if timeout 1 bash -c "exec 3<>/dev/tcp/127.0.0.1/$port" 2>/dev/null; then
   exec sleep infinity
 fi
 echo "store: nx-27017 on 127.0.0.1:$port, data in $data, log in $data/nx.log"
-exec .venv-store/bin/nx-27017 --host 127.0.0.1 -p "$port" --data-dir "$data" \
-  --log-file "$data/nx.log" --pid-file "$pid_file"
+# Its shutdown on Ctrl-C prints an asyncio traceback; keep stderr in a file and say
+# so only when the store ends with an error.
+.venv-store/bin/nx-27017 --host 127.0.0.1 -p "$port" --data-dir "$data" \
+  --log-file "$data/nx.log" --pid-file "$pid_file" 2>"$data/nx.stderr" &
+store=$!
+trap 'kill -TERM "$store" 2>/dev/null; wait "$store"; echo "store: stopped"; exit 0' INT TERM
+if wait "$store"; then exit 0; fi
+echo "store: exited with an error; see $data/nx.stderr" >&2
+tail -5 "$data/nx.stderr" >&2
+exit 1

@@ -5,9 +5,10 @@ the envelope is checked, an event already handled (same id, same handler) is ski
 a poison event is logged and dropped instead of looping, and a transient failure (store
 down) is retried after a pause. The service must have `self.store` (a BaseStore).
 
-The processed mark is written after the handler succeeds: a crash in between means the
-handler runs again, so handlers also keep their own writes idempotent (upserts keyed by
-entity id, version guards).
+Each event is claimed atomically before it is handled, so concurrent redeliveries run
+it once; the claim becomes "done" after the handler returns. A crash in between leaves
+a claim whose lease expires and the redelivered event runs again, so handlers also keep
+their own writes idempotent (upserts keyed by entity id, version guards).
 """
 from __future__ import annotations
 
@@ -27,7 +28,12 @@ from services.common.errors import EXPECTED_ERRORS
 log = logging.getLogger(__name__)
 
 KEEP_PROCESSED = timedelta(days=7)  # longer than any redelivery or relay delay
+CLAIM_LEASE = timedelta(minutes=2)  # longer than any handler runs
 RETRY_PAUSE_SECONDS = 1.0
+
+
+class _Busy(Exception):
+    """Another worker is handling the same event right now: requeue and look again."""
 
 
 def consumes(source_service: str, event_type: str) -> Callable[[Callable[..., Any]], Any]:
@@ -40,20 +46,24 @@ def consumes(source_service: str, event_type: str) -> Callable[[Callable[..., An
                 log.warning("rejected malformed event on %s: %s", event_type, exc)
                 return "rejected"
             key = f"{handle.__name__}:{envelope['id']}"
-            if self.store.already_processed(key, datetime.now(UTC)):
+            claim = self.store.claim_event(key, datetime.now(UTC), CLAIM_LEASE, KEEP_PROCESSED)
+            if claim == "done":
                 return "duplicate"
+            if claim == "busy":
+                time.sleep(RETRY_PAUSE_SECONDS)
+                raise _Busy(key)
+            outcome = "processed"
             try:
                 handle(self, envelope)
             except (*EXPECTED_ERRORS, MarshmallowError) as exc:
                 log.warning("rejected event %s (%s): %s", envelope["id"], event_type, exc)
+                outcome = "rejected"
             except Exception:
+                self.store.release_event(key)
                 time.sleep(RETRY_PAUSE_SECONDS)  # the store or a peer is down: don't spin
                 raise
-            else:
-                self.store.mark_processed(key, datetime.now(UTC), KEEP_PROCESSED)
-                return "processed"
-            self.store.mark_processed(key, datetime.now(UTC), KEEP_PROCESSED)
-            return "rejected"
+            self.store.finish_event(key, datetime.now(UTC), KEEP_PROCESSED)
+            return outcome
 
         return event_handler(source_service, event_type, requeue_on_error=True)(handler)
 

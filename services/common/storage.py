@@ -113,16 +113,38 @@ class BaseStore:
         )
 
     # -- idempotent consumers -------------------------------------------------------
-    def already_processed(self, key: str, now: datetime) -> bool:
-        # TTL deletion is lazy on some stores: the expiry filter is the real rule.
-        return self.db[PROCESSED].count_documents(
-            {"_id": key, "expires_at": {"$gt": now}}, limit=1) > 0
+    def claim_event(self, key: str, now: datetime, lease: timedelta, keep: timedelta) -> str:
+        """Take the right to handle one event: "claimed", "done" (seen) or "busy".
 
-    def mark_processed(self, key: str, now: datetime, keep: timedelta) -> None:
+        The claim is one atomic insert (or a takeover of an expired claim), so two
+        workers given the same event at once never both handle it. "busy" means another
+        worker holds a live lease: the caller requeues and finds it "done" later, or
+        takes it over if that worker died.
+        """
+        running = {"state": "running", "lease_until": now + lease, "expires_at": now + keep}
         try:
-            self.db[PROCESSED].insert_one({"_id": key, "at": now, "expires_at": now + keep})
+            self.db[PROCESSED].insert_one({"_id": key, "at": now, **running})
+            return "claimed"
         except DuplicateKeyError:
-            self.db[PROCESSED].update_one({"_id": key}, {"$set": {"expires_at": now + keep}})
+            pass
+        # TTL deletion is lazy on some stores: an expired record counts as absent.
+        taken = self.db[PROCESSED].find_one_and_update(
+            {"_id": key, "$or": [{"expires_at": {"$lte": now}},
+                                 {"state": "running", "lease_until": {"$lt": now}}]},
+            {"$set": {"at": now, **running}})
+        if taken is not None:
+            return "claimed"
+        current = self.db[PROCESSED].find_one({"_id": key}, {"state": 1})
+        return "done" if current and current.get("state") == "done" else "busy"
+
+    def finish_event(self, key: str, now: datetime, keep: timedelta) -> None:
+        self.db[PROCESSED].update_one(
+            {"_id": key}, {"$set": {"state": "done", "at": now, "expires_at": now + keep},
+                           "$unset": {"lease_until": ""}})
+
+    def release_event(self, key: str) -> None:
+        """Give a claim back after a transient failure, so the redelivery can retry."""
+        self.db[PROCESSED].delete_one({"_id": key, "state": "running"})
 
 
 class Store(DependencyProvider):

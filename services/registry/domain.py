@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
 
-from services.common.caller import COORDINATOR, Caller
+from services.common.caller import COORDINATOR, VOLUNTEER, Caller
 from services.common.envelope import DomainEvent
 from services.common.errors import Conflict, Forbidden
 from services.registry import events
@@ -164,7 +164,7 @@ def new_volunteer(volunteer_id: str, data: Mapping[str, Any], caller: Caller,
         "skills_to_learn": [], "location": None, "country": None,
         **profile_fields(data, taxonomy),
     }
-    if caller.user_id and not caller.is_admin:
+    if caller.user_id and VOLUNTEER in caller.roles and doc["source"] == "self":
         doc["user_id"] = caller.user_id  # the account that registered itself
     return doc, [DomainEvent(events.VOLUNTEER_REGISTERED, volunteer_id,
                              {"volunteer": volunteer_snapshot(doc)})]

@@ -15,7 +15,7 @@ from services.common.caller import caller_context
 from services.common.consumer import consumes
 from services.common.storage import BaseStore, Store
 from tests.e2e.processes import ServiceProcess
-from tests.integration.test_registry_rpc import volunteer
+from tests.factories import volunteer
 from tests.support import wait_for
 
 REGISTERED = "sanad.volunteer.registered.v1"

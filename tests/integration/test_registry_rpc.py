@@ -7,42 +7,8 @@ from typing import Any
 import pytest
 
 from services.common.errors import Conflict, Forbidden, NotFound, ValidationError
-from services.registry.service import RegistryService
 from services.registry.store import VOLUNTEERS
-
-
-def volunteer(email: str = "Rana@Example.org", **overrides: Any) -> dict[str, Any]:
-    data = {
-        "email": email,
-        "name": "رنا الخطيب",
-        "phone": "+9613123456",
-        "preferred_language": "ar",
-        "languages": [{"code": "ar", "level": "native"}, {"code": "EN", "level": "fluent"}],
-        "skills": [{"name": "تحليل البيانات", "level": "advanced"},
-                   {"name": "Underwater basket weaving"}],
-        "skills_to_learn": ["Project management"],
-        "availability": {"timezone": "Asia/Beirut", "hours_per_week": 4,
-                         "windows": [{"day": "tue", "start": "17:00", "end": "19:00"},
-                                     {"day": "tue", "start": "18:30", "end": "20:00"}]},
-        "mode": "remote",
-        "location": {"country": "lb", "region": "Tripoli", "lat": 34.43671, "lng": 35.84972},
-        "about": "أدرّس الرياضيات عن بعد — I tutor maths online.",
-        "consent": {"terms_version": "2026-01", "privacy_accepted": True},
-    }
-    data.update(overrides)
-    return data
-
-
-@pytest.fixture
-def registry(container_factory: Any, config: dict[str, Any]) -> Any:
-    container = container_factory(RegistryService, config)
-    container.start()
-    return container
-
-
-@pytest.fixture
-def system(registry: Any, rpc: Any) -> Any:
-    return rpc("registry")
+from tests.factories import volunteer
 
 
 def test_register_get_round_trip_normalises_and_publishes(system: Any, tap: Any) -> None:

@@ -1,0 +1,184 @@
+"""services/common on real parts: outbox relay, idempotent consumer, metrics and health,
+concurrent writers, and the CSV import command."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import urllib.request
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import eventlet
+import pytest
+from nameko.standalone.events import event_dispatcher
+
+from services.common.consumer import consumes
+from services.common.envelope import DomainEvent, make_envelope
+from services.common.errors import Conflict
+from services.common.metrics import metrics_of
+from services.common.storage import BaseStore, Store, new_with_outbox
+from services.registry import cli
+from services.registry.store import VOLUNTEERS
+from tests.factories import volunteer
+from tests.support import wait_for
+
+TYPE = "sanad.volunteer.registered.v1"
+
+
+def http_get(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def test_relay_publishes_events_left_pending(registry: Any, db: Any, tap: Any) -> None:
+    """As if the process died after its write: the timer relay sends the event."""
+    events = tap("registry")
+    old = datetime.now(UTC) - timedelta(seconds=10)
+    envelope = make_envelope(DomainEvent(TYPE, "vol_x", {"volunteer_id": "vol_x"}),
+                             source="/sanad/registry", now=old)
+    db("registry")[VOLUNTEERS].insert_one(
+        new_with_outbox({"_id": "vol_x", "status": "active", "version": 1}, [envelope]))
+    [published] = events.wait(1, TYPE)
+    assert published == envelope
+    wait_for(lambda: db("registry")[VOLUNTEERS].find_one({"_id": "vol_x"})["outbox_n"] == 0)
+    eventlet.sleep(1)  # several relay ticks later: still published once
+    assert len(events.drain()) == 1
+
+
+class CountingStore(BaseStore):
+    def count(self, event: dict[str, Any]) -> None:
+        self.db.handled.update_one({"_id": event["id"]}, {"$inc": {"n": 1}}, upsert=True)
+
+
+class Downstream:
+    name = "downstream"
+    store = Store(CountingStore)
+    from services.common.metrics import Metrics
+    metrics = Metrics()
+
+    @consumes("registry", TYPE)
+    def on_registered(self, event: dict[str, Any]) -> None:
+        if event["data"].get("poison"):
+            raise Conflict("cannot apply this event", {})
+        self.store.count(event)
+
+
+def test_consumer_is_idempotent_and_survives_bad_events(container_factory: Any,
+                                                        config: dict[str, Any],
+                                                        db: Any) -> None:
+    container = container_factory(Downstream, config)
+    container.start()
+    dispatch = event_dispatcher(config)
+    good = make_envelope(DomainEvent(TYPE, "vol_1", {}), source="/sanad/registry",
+                         now=datetime.now(UTC))
+    poison = make_envelope(DomainEvent(TYPE, "vol_2", {"poison": True}),
+                           source="/sanad/registry", now=datetime.now(UTC))
+    for message in (good, good, {"not": "an envelope"}, poison, good):
+        dispatch("registry", TYPE, message)
+    port = metrics_of(container).port
+
+    def consumed() -> dict[str, float]:
+        _, text = http_get(port, "/metrics")
+        found = {}
+        for line in text.splitlines():
+            if line.startswith("sanad_events_consumed_total{"):
+                outcome = line.split('outcome="')[1].split('"')[0]
+                found[outcome] = found.get(outcome, 0) + float(line.rsplit(" ", 1)[1])
+        return found if sum(found.values()) >= 5 else {}
+
+    assert wait_for(consumed) == {"processed": 1, "duplicate": 2, "rejected": 2}
+    assert list(db("downstream").handled.find()) == [{"_id": good["id"], "n": 1}]
+
+
+def test_metrics_and_health_endpoints(registry: Any, system: Any) -> None:
+    system.register_volunteer(volunteer())
+    port = metrics_of(registry).port
+    # counted in nameko's worker_result hook, which runs just after the reply is sent
+    wait_for(lambda: "register_volunteer" in http_get(port, "/metrics")[1])
+    status, text = http_get(port, "/metrics")
+    assert status == 200
+    assert ('sanad_requests_total{entrypoint="register_volunteer",kind="rpc",'
+            'outcome="success"} 1.0') in text
+    assert 'sanad_request_duration_seconds_bucket{entrypoint="register_volunteer"' in text
+    assert "sanad_outbox_backlog 0.0" in text
+    assert 'sanad_events_published_total{type="sanad.volunteer.registered.v1"} 1.0' in text
+    status, body = http_get(port, "/health/ready")
+    assert status == 200
+    assert json.loads(body)["checks"] == {"broker": "ok", "store": "ok"}
+    assert http_get(port, "/health/live")[0] == 200
+    assert http_get(port, "/nope")[0] == 404
+
+
+def test_concurrent_registrations_of_one_email_create_one(registry: Any, rpc: Any,
+                                                          db: Any) -> None:
+    proxies = [rpc("registry") for _ in range(16)]
+
+    def attempt(proxy: Any) -> str:
+        try:
+            proxy.register_volunteer(volunteer("race@example.org"))
+            return "created"
+        except Conflict:
+            return "conflict"
+
+    outcomes = list(eventlet.GreenPool(16).imap(attempt, proxies))
+    assert sorted(outcomes) == ["conflict"] * 15 + ["created"]
+    assert db("registry")[VOLUNTEERS].count_documents({}) == 1
+
+
+def test_concurrent_updates_one_version_one_winner(registry: Any, rpc: Any) -> None:
+    vol = rpc("registry").register_volunteer(volunteer())
+    proxies = [rpc("registry") for _ in range(8)]
+
+    def attempt(n_proxy: tuple[int, Any]) -> str:
+        n, proxy = n_proxy
+        try:
+            proxy.update_volunteer(vol["id"], {"version": 1, "about": f"writer {n}"})
+            return "ok"
+        except Conflict:
+            return "conflict"
+
+    outcomes = list(eventlet.GreenPool(8).imap(attempt, enumerate(proxies)))
+    assert sorted(outcomes) == ["conflict"] * 7 + ["ok"]
+    assert rpc("registry").get_volunteer(vol["id"])["version"] == 2
+
+
+def test_csv_import_reports_every_row(registry: Any, config: dict[str, Any], tmp_path: Path,
+                                      db: Any) -> None:
+    source = tmp_path / "volunteers.csv"
+    rows = [
+        ["Email", "Name", "Languages", "Skills", "Availability", "Timezone", "Country"],
+        ["lina@example.org", "لينا", "ar:native; fr:fluent", "ترجمة:expert; Excel",
+         "tue 17:00-19:00", "Asia/Beirut", "LB"],
+        ["omar@example.org", "Omar", "ar:native", "Tutoring", "", "Africa/Cairo", "EG"],
+        ["not-an-email", "X", "", "", "", "UTC", ""],
+        ["LINA@example.org", "Lina H.", "ar:native", "Translation", "", "Asia/Beirut", "LB"],
+        ["zed@example.org", "Zed", "", "", "", "Mars/Base", ""],
+        ["amal@example.org", "Amal", "", "", "someday", "UTC", ""],
+    ]
+    with source.open("w", encoding="utf-8-sig", newline="") as fh:
+        csv.writer(fh).writerows(rows)
+    report = tmp_path / "report.csv"
+    progress = io.StringIO()
+    totals = cli.import_file(source, "2026-01", report, config, "u_coord", out=progress)
+    assert totals == {"created": 2, "updated": 1, "rejected": 3}
+    assert "imported 6 rows" in progress.getvalue()
+    lines = list(csv.DictReader(report.open(encoding="utf-8")))
+    assert [line["outcome"] for line in lines] == ["created", "created", "rejected",
+                                                   "updated", "rejected", "rejected"]
+    assert [line["row"] for line in lines] == ["2", "3", "4", "5", "6", "7"]
+    assert "email" in json.loads(lines[2]["errors"])
+    assert "availability" in json.loads(lines[4]["errors"])
+    lina = db("registry")[VOLUNTEERS].find_one({"email_norm": "lina@example.org"})
+    assert lina["name"] == "Lina H." and lina["source"] == "import"
+    assert lina["consent"]["terms_version"] == "2026-01"
+
+
+@pytest.mark.parametrize("argv", [["import", "/nonexistent.csv", "--terms-version", "1"]])
+def test_cli_refuses_a_missing_file(argv: list[str]) -> None:
+    with pytest.raises(SystemExit):
+        cli.main(argv)
