@@ -1,0 +1,191 @@
+"""Store compatibility: the store patterns Sanad relies on, asserted over the wire.
+
+Runs against the run's nx-27017 by default, or any MongoDB given as MONGO_URI
+(`MONGO_URI=mongodb://host/?replicaSet=rs0 make test-compat`). Where nx-27017 is known
+to differ, the test states both behaviours, so a change in either shows up here.
+docs/store-compatibility.md explains each case.
+"""
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import eventlet
+import pytest
+from pymongo import MongoClient, ReturnDocument
+from pymongo.database import Database
+from pymongo.errors import DuplicateKeyError, OperationFailure
+
+from services.common.storage import BaseStore, Index, asc, new_with_outbox, with_outbox
+from services.registry.store import VOLUNTEERS, RegistryStore
+
+pytestmark = pytest.mark.compat
+NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def client(store_uri: str) -> Iterator[MongoClient]:
+    client: MongoClient = MongoClient(store_uri, tz_aware=True)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def db(client: MongoClient) -> Iterator[Database]:
+    name = f"compat_{secrets.token_hex(4)}"
+    yield client[name]
+    client.drop_database(name)
+
+
+@pytest.fixture
+def is_nx(client: MongoClient) -> bool:
+    return client.admin.command("buildInfo").get("process") == "nx_27017"
+
+
+def test_outbox_write_ack_and_lease(db: Database) -> None:
+    store = RegistryStore(db)
+    store.ensure_indexes()
+    events = [{"id": "evt_1", "type": "t", "time": "x"}, {"id": "evt_2", "type": "t"}]
+    db[VOLUNTEERS].insert_one(new_with_outbox({"_id": "v1", "version": 1}, events[:1]))
+    db[VOLUNTEERS].update_one({"_id": "v1", "version": 1},
+                              with_outbox({"$inc": {"version": 1}}, events[1:]))
+    doc = db[VOLUNTEERS].find_one({"_id": "v1"})
+    assert doc["outbox_n"] == 2 and set(doc["outbox"]) == {"evt_1", "evt_2"}
+    assert store.outbox_backlog() == 1
+    lease = store.outbox_claim(VOLUNTEERS, NOW, timedelta(seconds=30))
+    assert lease is not None and lease["_id"] == "v1"
+    assert store.outbox_claim(VOLUNTEERS, NOW, timedelta(seconds=30)) is None  # leased
+    assert store.outbox_claim(VOLUNTEERS, NOW + timedelta(minutes=1),
+                              timedelta(seconds=30)) is not None  # lease expired
+    assert store.outbox_ack(VOLUNTEERS, "v1", "evt_1") is True
+    assert store.outbox_ack(VOLUNTEERS, "v1", "evt_1") is False  # second ack: no-op
+    assert store.outbox_ack(VOLUNTEERS, "v1", "evt_2") is True
+    assert db[VOLUNTEERS].find_one({"_id": "v1"})["outbox_n"] == 0
+    assert store.outbox_backlog() == 0
+
+
+def test_compare_and_set_on_version_has_one_winner(db: Database) -> None:
+    db.docs.insert_one({"_id": "d", "version": 1, "v": 0})
+    results = [db.docs.update_one({"_id": "d", "version": 1},
+                                  {"$set": {"v": n}, "$inc": {"version": 1}}).modified_count
+               for n in range(5)]
+    assert results == [1, 0, 0, 0, 0]
+    after = db.docs.find_one_and_update({"_id": "d", "version": 2}, {"$inc": {"version": 1}},
+                                        return_document=ReturnDocument.AFTER)
+    assert after["version"] == 3
+
+
+def test_conditional_claims_never_oversell(db: Database) -> None:
+    """The slot-claim pattern the tasks service uses: concurrent `$inc` with a guard."""
+    db.tasks.insert_one({"_id": "t", "free": 5})
+
+    def claim(_: int) -> bool:
+        return db.tasks.update_one({"_id": "t", "free": {"$gt": 0}},
+                                   {"$inc": {"free": -1}}).modified_count == 1
+
+    won = list(eventlet.GreenPool(20).imap(claim, range(40)))
+    assert won.count(True) == 5
+    assert db.tasks.find_one({"_id": "t"})["free"] == 0
+
+
+def test_sparse_unique_allows_many_tombstones(db: Database) -> None:
+    Index("people", asc("email_norm"), unique=True, sparse=True).create(db)
+    db.people.insert_one({"_id": "a", "email_norm": "x@y.org"})
+    with pytest.raises(DuplicateKeyError) as caught:
+        db.people.insert_one({"_id": "b", "email_norm": "x@y.org"})
+    assert caught.value.code == 11000
+    db.people.insert_many([{"_id": "t1"}, {"_id": "t2"}])  # tombstones lack the key
+    db.people.update_one({"_id": "a"}, {"$unset": {"email_norm": ""}})
+    db.people.insert_one({"_id": "c", "email_norm": "x@y.org"})  # free again
+
+
+def test_array_queries_with_in_and_all(db: Database) -> None:
+    Index("vols", asc("skill_ids")).create(db)
+    db.vols.insert_many([{"_id": "1", "skill_ids": ["a", "b"]}, {"_id": "2", "skill_ids": ["b"]},
+                         {"_id": "3", "skill_ids": []}])
+    assert [d["_id"] for d in db.vols.find({"skill_ids": {"$in": ["a"]}})] == ["1"]
+    assert [d["_id"] for d in db.vols.find({"skill_ids": {"$all": ["a", "b"]}})] == ["1"]
+    assert [d["_id"] for d in db.vols.find({"skill_ids": {"$in": ["b"]}}).sort("_id", 1)] \
+        == ["1", "2"]
+
+
+def test_plain_equality_on_indexed_array(db: Database, is_nx: bool) -> None:
+    """Deviation: MongoDB matches any element; Sanad always writes `$in` instead."""
+    Index("vols", asc("tags")).create(db)
+    db.vols.insert_one({"_id": "1", "tags": ["a", "b"]})
+    found = [d["_id"] for d in db.vols.find({"tags": "a"})]
+    if is_nx:
+        assert found == []  # measured on 0.8.1: silently nothing
+    else:
+        assert found == ["1"]
+
+
+def test_compound_index_with_id(db: Database, is_nx: bool) -> None:
+    """Deviation: nx-27017 cannot index `_id` inside a compound index."""
+    def index_and_insert() -> None:
+        db.c.create_index([("_id", 1), ("status", 1)])
+        db.c.insert_one({"_id": "1", "status": "open"})
+
+    if is_nx:
+        with pytest.raises(OperationFailure):
+            index_and_insert()
+    else:
+        index_and_insert()
+
+
+def test_datetimes_round_trip_timezone_aware_at_millisecond_precision(db: Database) -> None:
+    at = datetime(2026, 3, 29, 0, 30, 15, 123456, tzinfo=UTC)
+    db.t.insert_one({"_id": "1", "at": at})
+    back = db.t.find_one({"_id": "1"})["at"]
+    assert back == at.replace(microsecond=123000) and back.tzinfo is not None
+    assert db.t.count_documents({"at": {"$gt": at - timedelta(seconds=1)}}) == 1
+
+
+def test_keyset_pagination_on_string_ids(db: Database) -> None:
+    db.p.insert_many([{"_id": f"vol_{n:03d}", "s": "active"} for n in range(25)])
+    seen, cursor = [], None
+    while True:
+        query: dict[str, Any] = {"s": "active"}
+        if cursor:
+            query["_id"] = {"$gt": cursor}
+        page = list(db.p.find(query).sort("_id", 1).limit(11))
+        seen += [d["_id"] for d in page[:10]]
+        if len(page) <= 10:
+            break
+        cursor = page[9]["_id"]
+    assert seen == [f"vol_{n:03d}" for n in range(25)]
+
+
+def test_event_claims_are_exclusive_and_expire(db: Database) -> None:
+    store = BaseStore(db)
+    store.ensure_indexes()
+    lease, keep = timedelta(seconds=30), timedelta(days=7)
+    assert store.claim_event("h:evt_1", NOW, lease, keep) == "claimed"
+    assert store.claim_event("h:evt_1", NOW, lease, keep) == "busy"
+    assert store.claim_event("h:evt_1", NOW + timedelta(minutes=1), lease, keep) == "claimed"
+    store.finish_event("h:evt_1", NOW, keep)
+    assert store.claim_event("h:evt_1", NOW, lease, keep) == "done"
+    # an expired record is as good as absent even where TTL deletion is lazy
+    assert store.claim_event("h:evt_1", NOW + timedelta(days=8), lease, keep) == "claimed"
+    store.release_event("h:evt_1")
+    assert store.claim_event("h:evt_1", NOW, lease, keep) == "claimed"
+
+
+def test_dotted_set_and_unset_inside_subdocuments(db: Database) -> None:
+    db.v.insert_one({"_id": "1", "vetting": {}})
+    db.v.update_one({"_id": "1"}, {"$set": {"vetting.criminal_record": {"state": "cleared"}},
+                                   "$inc": {"hours_by_skill.sk_a": 2.5}})
+    db.v.update_one({"_id": "1"}, {"$inc": {"hours_by_skill.sk_a": 1.0}})
+    doc = db.v.find_one({"_id": "1"})
+    assert doc["vetting"] == {"criminal_record": {"state": "cleared"}}
+    assert doc["hours_by_skill"] == {"sk_a": 3.5}
+
+
+def test_replace_keeps_only_the_new_document(db: Database) -> None:
+    db.v.insert_one({"_id": "1", "version": 3, "name": "x", "email": "e"})
+    result = db.v.replace_one({"_id": "1", "version": 3}, {"_id": "1", "status": "erased"})
+    assert result.matched_count == 1
+    assert db.v.find_one({"_id": "1"}) == {"_id": "1", "status": "erased"}
+    assert db.v.replace_one({"_id": "1", "version": 3}, {"_id": "1"}).matched_count == 0
