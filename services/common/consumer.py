@@ -46,7 +46,12 @@ def consumes(source_service: str, event_type: str) -> Callable[[Callable[..., An
                 log.warning("rejected malformed event on %s: %s", event_type, exc)
                 return "rejected"
             key = f"{handle.__name__}:{envelope['id']}"
-            claim = self.store.claim_event(key, datetime.now(UTC), CLAIM_LEASE, KEEP_PROCESSED)
+            try:
+                claim = self.store.claim_event(key, datetime.now(UTC), CLAIM_LEASE,
+                                               KEEP_PROCESSED)
+            except Exception:
+                time.sleep(RETRY_PAUSE_SECONDS)  # the store is down: requeue, don't spin
+                raise
             if claim == "done":
                 return "duplicate"
             if claim == "busy":
@@ -65,6 +70,7 @@ def consumes(source_service: str, event_type: str) -> Callable[[Callable[..., An
             self.store.finish_event(key, datetime.now(UTC), KEEP_PROCESSED)
             return outcome
 
-        return event_handler(source_service, event_type, requeue_on_error=True)(handler)
+        return event_handler(source_service, event_type, requeue_on_error=True,
+                             expected_exceptions=_Busy)(handler)
 
     return decorate

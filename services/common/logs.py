@@ -27,13 +27,14 @@ class CallIdLogging(DependencyProvider):
         _current.entrypoint = worker_ctx.entrypoint.method_name
 
     def worker_teardown(self, worker_ctx: Any) -> None:
-        _current.call_id = _current.entrypoint = None
+        _current.call_id = _current.entrypoint = _current.service = None
 
 
 class CallIdFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         record.call_id = getattr(_current, "call_id", None)
         record.entrypoint = getattr(_current, "entrypoint", None)
+        record.service = getattr(_current, "service", None)
         return True
 
 
@@ -48,7 +49,7 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        for key in ("call_id", "entrypoint"):
+        for key in ("service", "call_id", "entrypoint"):
             if getattr(record, key, None):
                 entry[key] = getattr(record, key)
         for key, value in vars(record).items():

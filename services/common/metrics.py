@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 LAG_BUCKETS = (0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 KINDS = {"Rpc": "rpc", "EventHandler": "event", "Timer": "timer", "ConfiguredTimer": "timer",
-         "HttpRequestHandler": "http", "IdempotentEventHandler": "event"}
+         "HttpRequestHandler": "http"}
 
 
 def _outcome(result: Any, exc_info: Any) -> str:

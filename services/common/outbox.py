@@ -73,7 +73,10 @@ class OutboxHandle:
             if self._metrics:
                 self._metrics.events_published.labels(envelope["type"]).inc()
             failpoint("outbox.after_publish")
-            store.outbox_ack(collection, doc_id, envelope["id"])
+            try:
+                store.outbox_ack(collection, doc_id, envelope["id"])
+            except Exception:  # noqa: BLE001 - sent; the relay re-sends, consumers dedupe
+                log.warning("ack failed after publish: %s", envelope["id"], exc_info=True)
             sent += 1
         return sent
 

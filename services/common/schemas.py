@@ -71,7 +71,21 @@ class StrictSchema(Schema):
 
 
 def load(schema: Schema, data: Any, *, partial: bool = False) -> Any:
-    """Validate `data`; raise the RPC ValidationError with per-field messages."""
+    """Validate `data`; raise the RPC ValidationError with per-field messages.
+
+    `partial` makes top-level fields optional except `version`; nested objects that are
+    given must still be whole (marshmallow's own partial would reach inside them).
+    """
+    if data is not None and not isinstance(data, Mapping) and not schema.many:
+        raise ValidationError("Invalid input.", {"_schema": ["Expected an object."]})
+    if partial:
+        partial_fields = tuple(name for name in schema.fields if name != "version")
+        try:
+            return schema.load(data, partial=partial_fields)
+        except MarshmallowError as exc:
+            messages = exc.messages if isinstance(exc.messages, dict) \
+                else {"_schema": exc.messages}
+            raise ValidationError("Invalid input.", messages) from None
     if data is not None and not isinstance(data, Mapping) and not schema.many:
         raise ValidationError("Invalid input.", {"_schema": ["Expected an object."]})
     try:

@@ -18,6 +18,12 @@ from services.common.errors import Conflict, Forbidden
 from services.registry import events
 from services.registry.taxonomy import Taxonomy, match_key
 
+
+def iso(moment: datetime) -> str:
+    """Times in event data are written like the envelope's: UTC with a Z."""
+    return moment.isoformat().replace("+00:00", "Z")
+
+
 COARSE_DECIMALS = 2  # ~1 km: enough to match on distance, too coarse to find a home
 
 
@@ -237,7 +243,7 @@ def erase_volunteer(doc: Mapping[str, Any], now: datetime) -> tuple[dict[str, An
     tombstone = {"_id": doc["_id"], "status": "erased", "version": doc["version"] + 1,
                  "created_at": doc.get("created_at"), "updated_at": now, "erased_at": now}
     return tombstone, [DomainEvent(events.VOLUNTEER_ERASED, doc["_id"],
-                                   {"volunteer_id": doc["_id"], "erased_at": now.isoformat()})]
+                                   {"volunteer_id": doc["_id"], "erased_at": iso(now)})]
 
 
 def export_volunteer(doc: Mapping[str, Any]) -> dict[str, Any]:
@@ -272,6 +278,11 @@ def new_organisation(org_id: str, data: Mapping[str, Any], caller: Caller, now: 
            "member_ids": [owner]}
     return doc, [DomainEvent(events.ORGANISATION_REGISTERED, org_id,
                              {"organisation": organisation_snapshot(doc)})]
+
+
+def organisation_public(doc: Mapping[str, Any]) -> dict[str, Any]:
+    keys = ("_id", "name", "kind", "country", "website", "description", "status")
+    return {k: doc.get(k) for k in keys}
 
 
 ORG_TRANSITIONS = {"verified": {"pending", "suspended"}, "suspended": {"pending", "verified"}}
@@ -311,6 +322,9 @@ def require_org_role(doc: Mapping[str, Any], caller: Caller, roles: Iterable[str
 def set_member(doc: Mapping[str, Any], user_id: str, role: str | None, now: datetime
                ) -> Change:
     """Add, change (role) or remove (role None) a member; keep at least one owner."""
+    current = {m["user_id"]: m["role"] for m in doc.get("members", [])}
+    if current.get(user_id) == role:
+        return Change()  # already so (or, for a removal, not a member)
     members = [m for m in doc.get("members", []) if m["user_id"] != user_id]
     if role is not None:
         members.append({"user_id": user_id, "role": role, "added_at": now})
@@ -345,13 +359,39 @@ def erase_beneficiary(doc: Mapping[str, Any], now: datetime
     return tombstone, [DomainEvent(events.BENEFICIARY_ERASED, doc["_id"],
                                    {"beneficiary_id": doc["_id"],
                                     "organisation_id": doc["organisation_id"],
-                                    "erased_at": now.isoformat()})]
+                                    "erased_at": iso(now)})]
 
 
 # -- CSV import ------------------------------------------------------------------------
 CSV_COLUMNS = ("email", "name", "phone", "preferred_language", "languages", "skills",
                "skills_to_learn", "timezone", "availability", "hours_per_week", "mode",
                "country", "region", "about")
+
+
+# Which registration fields each CSV column feeds: an update from a row only touches
+# fields whose columns have a value, so blank cells never wipe what a volunteer entered.
+CSV_FIELDS = {"email": "email", "name": "name", "phone": "phone",
+              "preferred_language": "preferred_language", "languages": "languages",
+              "skills": "skills", "skills_to_learn": "skills_to_learn",
+              "timezone": "availability", "availability": "availability",
+              "hours_per_week": "availability", "mode": "mode", "country": "location",
+              "region": "location", "about": "about"}
+
+
+def csv_changes(row: Mapping[str, Any], payload: Mapping[str, Any],
+                existing: Mapping[str, Any]) -> dict[str, Any]:
+    """The update a row makes to a volunteer already registered: given cells only."""
+    given = {k for k, v in row.items() if k in CSV_FIELDS and str(v or "").strip()}
+    changes = {k: v for k, v in payload.items()
+               if k in {CSV_FIELDS[c] for c in given} - {"email"}}
+    if "availability" in changes:
+        merged = dict(existing.get("availability") or {})
+        for column, key in (("timezone", "timezone"), ("availability", "windows"),
+                            ("hours_per_week", "hours_per_week")):
+            if column in given:
+                merged[key] = payload["availability"][key]
+        changes["availability"] = merged
+    return changes
 
 
 def _split(cell: str) -> list[str]:

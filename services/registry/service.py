@@ -39,14 +39,12 @@ class RegistryService(ServiceBase, OutboxRelay):
 
     # -- plumbing shared by the entrypoints -------------------------------------------
     def _publish(self, collection: str, doc_id: str, events: list[DomainEvent],
-                 version: int | None = None, set_: dict[str, Any] | None = None,
-                 unset: list[str] | None = None, what: str = "record") -> dict[str, Any] | None:
-        """Write a change and its events in one update, then publish them."""
+                 version: int, set_: dict[str, Any], unset: list[str] | None = None,
+                 what: str = "record") -> dict[str, Any]:
+        """Write a change and its events in one update (CAS on version), then publish."""
         envelopes = self.outbox.wrap(events, self.now())
-        after = None
-        if version is not None:
-            after = self.store.update(collection, doc_id, version, set_ or {}, envelopes,
-                                      what, unset or ())
+        after = self.store.update(collection, doc_id, version, set_, envelopes, what,
+                                  unset or ())
         self.outbox.publish(collection, doc_id, envelopes)
         return after
 
@@ -83,7 +81,6 @@ class RegistryService(ServiceBase, OutboxRelay):
             return doc
         after = self._publish(VOLUNTEERS, doc["_id"], change.events, version, change.set,
                               change.unset, "volunteer")
-        assert after is not None
         return after
 
     # -- volunteers --------------------------------------------------------------------
@@ -104,9 +101,6 @@ class RegistryService(ServiceBase, OutboxRelay):
     @rpc
     def update_volunteer(self, volunteer_id: Any, data: Any) -> dict[str, Any]:
         payload = load(UPDATE, data, partial=True)
-        if "version" not in payload:
-            raise ValidationError("Invalid input.", {"version": ["Missing data for required "
-                                                                 "field."]})
         doc = self._volunteer(volunteer_id)
         domain.require_self_or_admin(self.caller, doc)
         change = domain.update_volunteer(doc, payload, default_taxonomy(), self.now())
@@ -204,8 +198,9 @@ class RegistryService(ServiceBase, OutboxRelay):
                                                    default_taxonomy(), self.now())
                 self._insert(VOLUNTEERS, doc, events, "volunteer")
                 return {"row": line, "outcome": "created", "volunteer_id": doc["_id"]}
-            payload.pop("consent")  # the volunteer's own consent record stands
-            change = domain.update_volunteer(existing, payload, default_taxonomy(),
+            # the volunteer's own consent record stands; blank cells change nothing
+            changes = domain.csv_changes(row, payload, existing)
+            change = domain.update_volunteer(existing, changes, default_taxonomy(),
                                              self.now())
             self._apply(existing, existing["version"], change)
             outcome = "updated" if change.set else "unchanged"
@@ -239,7 +234,11 @@ class RegistryService(ServiceBase, OutboxRelay):
 
     @rpc
     def get_organisation(self, org_id: Any) -> dict[str, Any]:
-        return to_wire(domain.public_view(self._organisation(org_id)))
+        """Members and admins see everything; anyone else the public profile."""
+        doc = self._organisation(org_id)
+        if self.caller.is_admin or self.caller.user_id in doc.get("member_ids", []):
+            return to_wire(domain.public_view(doc))
+        return to_wire(domain.organisation_public(doc))
 
     @rpc
     def verify_organisation(self, org_id: Any, data: Any) -> dict[str, Any]:
@@ -258,7 +257,7 @@ class RegistryService(ServiceBase, OutboxRelay):
             return to_wire(domain.public_view(doc))
         after = self._publish(ORGANISATIONS, doc["_id"], change.events, payload["version"],
                               change.set, what="organisation")
-        return to_wire(domain.public_view(after or doc))
+        return to_wire(domain.public_view(after))
 
     @rpc
     def set_member(self, org_id: Any, data: Any) -> dict[str, Any]:
@@ -274,9 +273,11 @@ class RegistryService(ServiceBase, OutboxRelay):
         doc = self._organisation(org_id)
         domain.require_org_role(doc, self.caller, ("owner",))
         change = domain.set_member(doc, user_id, role, self.now())
+        if not change.set:
+            return to_wire(domain.public_view(doc))
         after = self._publish(ORGANISATIONS, doc["_id"], [], doc["version"], change.set,
                               what="organisation")
-        return to_wire(domain.public_view(after or doc))
+        return to_wire(domain.public_view(after))
 
     @rpc
     def search_organisations(self, filters: Any = None) -> dict[str, Any]:

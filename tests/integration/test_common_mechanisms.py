@@ -175,6 +175,9 @@ def test_csv_import_reports_every_row(registry: Any, config: dict[str, Any], tmp
     assert "availability" in json.loads(lines[4]["errors"])
     lina = db("registry")[VOLUNTEERS].find_one({"email_norm": "lina@example.org"})
     assert lina["name"] == "Lina H." and lina["source"] == "import"
+    # blank cells in the second row kept what the first one gave
+    assert [w["day"] for w in lina["availability"]["windows"]] == ["tue"]
+    assert lina["skills"][0]["skill_id"] == "sk_translation"
     assert lina["consent"]["terms_version"] == "2026-01"
 
 

@@ -249,3 +249,34 @@ def test_organisation_lifecycle_members_and_beneficiaries(system: Any, rpc: Any,
     ben_event = next(e for e in events.events if e["type"].startswith("sanad.beneficiary.reg"))
     assert "أم أحمد" not in repr(ben_event)
     assert "أم أحمد" not in repr(list(db("registry")["beneficiaries"].find()))
+
+
+@pytest.mark.parametrize(("patch", "field"), [
+    ({"availability": {"hours_per_week": 3}}, "availability"),
+    ({"location": {"region": "Beirut"}}, "location"),
+    ({"skills": [{"level": "expert"}]}, "skills"),
+    ({"availability": {"timezone": "UTC", "windows": [{"day": "mon", "start": "10:00"}]}},
+     "availability"),
+])
+def test_partial_update_still_needs_whole_nested_objects(system: Any, patch: dict[str, Any],
+                                                         field: str) -> None:
+    vol = system.register_volunteer(volunteer())
+    with pytest.raises(ValidationError) as caught:
+        system.update_volunteer(vol["id"], {"version": 1, **patch})
+    assert field in caught.value.details
+    assert system.get_volunteer(vol["id"])["version"] == 1
+    with pytest.raises(ValidationError) as caught:
+        system.update_volunteer(vol["id"], {"about": "no version"})
+    assert "version" in caught.value.details
+
+
+def test_organisation_profile_is_public_but_members_are_not(system: Any, rpc: Any) -> None:
+    owner = rpc("registry", roles=("coordinator",), user_id="u_owner")
+    org = owner.register_organisation({"name": "Sanad", "country": "LB",
+                                       "contact_email": "info@sanad.example"})
+    public = rpc("registry", roles=(), user_id=None).get_organisation(org["id"])
+    assert public["name"] == "Sanad" and "members" not in public
+    assert "contact_email" not in public
+    assert owner.get_organisation(org["id"])["contact_email"] == "info@sanad.example"
+    same = owner.remove_member(org["id"], "u_nobody")  # not a member: nothing to do
+    assert same["version"] == org["version"]
