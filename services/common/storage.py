@@ -7,6 +7,7 @@ atomic single-document write per change, no transactions, no partial indexes.
 """
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -60,6 +61,25 @@ def new_with_outbox(doc: dict[str, Any], envelopes: Iterable[Mapping[str, Any]])
     return {**doc, "outbox": pending, "outbox_n": len(pending)}
 
 
+def apply_changes(doc: Mapping[str, Any], set_: Mapping[str, Any],
+                  unset: Iterable[str] = ()) -> dict[str, Any]:
+    """A copy of `doc` with `$set`/`$unset`-style changes (dotted paths) applied."""
+    out = copy.deepcopy(dict(doc))
+    for path, value in set_.items():
+        *parents, leaf = path.split(".")
+        target = out
+        for name in parents:
+            target = target.setdefault(name, {})
+        target[leaf] = value
+    for path in unset:
+        *parents, leaf = path.split(".")
+        target = out
+        for name in parents:
+            target = target.get(name) or {}
+        target.pop(leaf, None)
+    return out
+
+
 def visible(doc: Mapping[str, Any] | None) -> dict[str, Any] | None:
     """A stored document without the outbox bookkeeping."""
     if doc is None:
@@ -86,6 +106,29 @@ class BaseStore:
     def ping(self) -> None:
         self.db.client.admin.command("ping")
 
+    def compare_and_replace(self, collection: str, doc_id: str, version: int,
+                            set_: Mapping[str, Any], envelopes: Iterable[Mapping[str, Any]],
+                            unset: Iterable[str] = ()) -> dict[str, Any] | None:
+        """Apply a change to one document if it is still at `version`; None otherwise.
+
+        The new document is computed here and written with a conditional replace, not
+        `$set`: nx-27017 turns bare datetimes and booleans written by `$set` into strings
+        and integers (docs/store-compatibility.md); a replace keeps every type on every
+        store. Events ride along in the same write, after those still pending.
+        """
+        before = self.db[collection].find_one({"_id": doc_id, "version": version})
+        if before is None:
+            return None
+        after = apply_changes(before, set_, unset)
+        after["version"] = version + 1
+        pending = dict(after.get("outbox") or {})
+        for envelope in envelopes:
+            pending[envelope["id"]] = {"n": len(pending), "event": envelope}
+        after["outbox"], after["outbox_n"] = pending, len(pending)
+        return self.db[collection].find_one_and_replace(
+            {"_id": doc_id, "version": version}, after, projection=HIDDEN,
+            return_document=ReturnDocument.AFTER)
+
     # -- outbox ---------------------------------------------------------------------
     def outbox_ack(self, collection: str, doc_id: str, event_id: str) -> bool:
         """Drop one published event; a second ack of the same event is a no-op."""
@@ -98,10 +141,13 @@ class BaseStore:
     def outbox_claim(self, collection: str, now: datetime, lease: timedelta
                      ) -> dict[str, Any] | None:
         """Lease one document with pending events, so replicas relay different ones."""
+        # Epoch milliseconds, not a datetime: a `$set` datetime is not portable (see
+        # compare_and_replace), and nobody reads this field but the relay.
+        now_ms = int(now.timestamp() * 1000)
         return self.db[collection].find_one_and_update(
             {"outbox_n": {"$gt": 0},
-             "$or": [{"outbox_lease": {"$exists": False}}, {"outbox_lease": {"$lt": now}}]},
-            {"$set": {"outbox_lease": now + lease}},
+             "$or": [{"outbox_lease": {"$exists": False}}, {"outbox_lease": {"$lt": now_ms}}]},
+            {"$set": {"outbox_lease": now_ms + int(lease.total_seconds() * 1000)}},
             projection={"outbox": 1},
             return_document=ReturnDocument.AFTER,
         )
@@ -121,26 +167,26 @@ class BaseStore:
         worker holds a live lease: the caller requeues and finds it "done" later, or
         takes it over if that worker died.
         """
-        running = {"state": "running", "lease_until": now + lease, "expires_at": now + keep}
+        running = {"_id": key, "state": "running", "at": now, "lease_until": now + lease,
+                   "expires_at": now + keep}
         try:
-            self.db[PROCESSED].insert_one({"_id": key, "at": now, **running})
+            self.db[PROCESSED].insert_one(running)
             return "claimed"
         except DuplicateKeyError:
             pass
         # TTL deletion is lazy on some stores: an expired record counts as absent.
-        taken = self.db[PROCESSED].find_one_and_update(
+        taken = self.db[PROCESSED].find_one_and_replace(
             {"_id": key, "$or": [{"expires_at": {"$lte": now}},
                                  {"state": "running", "lease_until": {"$lt": now}}]},
-            {"$set": {"at": now, **running}})
+            running)
         if taken is not None:
             return "claimed"
         current = self.db[PROCESSED].find_one({"_id": key}, {"state": 1})
         return "done" if current and current.get("state") == "done" else "busy"
 
     def finish_event(self, key: str, now: datetime, keep: timedelta) -> None:
-        self.db[PROCESSED].update_one(
-            {"_id": key}, {"$set": {"state": "done", "at": now, "expires_at": now + keep},
-                           "$unset": {"lease_until": ""}})
+        self.db[PROCESSED].replace_one(
+            {"_id": key}, {"_id": key, "state": "done", "at": now, "expires_at": now + keep})
 
     def release_event(self, key: str) -> None:
         """Give a claim back after a transient failure, so the redelivery can retry."""

@@ -7,6 +7,7 @@ registry for contact details when they must reach someone.
 """
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -14,7 +15,7 @@ from typing import Any
 
 from services.common.caller import COORDINATOR, VOLUNTEER, Caller
 from services.common.envelope import DomainEvent
-from services.common.errors import Conflict, Forbidden
+from services.common.errors import Conflict, Forbidden, ValidationError
 from services.registry import events
 from services.registry.taxonomy import Taxonomy, match_key
 
@@ -253,12 +254,22 @@ def export_volunteer(doc: Mapping[str, Any]) -> dict[str, Any]:
     return {"volunteer_id": doc["_id"], "data": held}
 
 
-def credit_hours(doc: Mapping[str, Any], hours: float, skill_ids: Iterable[str]
-                 ) -> dict[str, Any]:
-    """Increments for verified hours: total and per skill practised."""
-    inc: dict[str, Any] = {"verified_hours": hours}
+SKILL_ID = re.compile(r"^sk_[a-z0-9_]{1,60}$")
+
+
+def credit_hours(hours: Any, skill_ids: Iterable[Any]) -> dict[str, float]:
+    """Increments for verified hours: total and per skill practised.
+
+    Skill ids become field names, so anything not shaped like a taxonomy id is refused
+    (the event comes from another service, but it is still input).
+    """
+    if not isinstance(hours, int | float) or not 0 < hours <= 24:
+        raise ValidationError("Invalid hours.", {"hours": ["Between 0 and 24."]})
+    inc: dict[str, float] = {"verified_hours": float(hours)}
     for skill_id in skill_ids:
-        inc[f"hours_by_skill.{skill_id}"] = hours
+        if not isinstance(skill_id, str) or not SKILL_ID.match(skill_id):
+            raise ValidationError("Invalid skill id.", {"skills_practised": [str(skill_id)[:80]]})
+        inc[f"hours_by_skill.{skill_id}"] = float(hours)
     return inc
 
 
@@ -456,7 +467,7 @@ def csv_row_to_registration(row: Mapping[str, Any], terms_version: str
 
 # Derived keys kept for indexes and uniqueness; callers see the fields they came from.
 INTERNAL_FIELDS = ("email_norm", "language_codes", "skill_ids", "skill_keys", "country",
-                   "name_key", "contact_email_norm", "member_ids")
+                   "name_key", "contact_email_norm", "member_ids", "credited")
 
 
 def public_view(doc: Mapping[str, Any]) -> dict[str, Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 from services.common.caller import COORDINATOR, Caller
+from services.common.consumer import consumes
 from services.common.envelope import DomainEvent
 from services.common.errors import Conflict, NotFound, ValidationError
 from services.common.ids import check_id, new_id
@@ -207,6 +208,13 @@ class RegistryService(ServiceBase, OutboxRelay):
             return {"row": line, "outcome": outcome, "volunteer_id": existing["_id"]}
         except (ValidationError, Conflict) as exc:
             return {"row": line, "outcome": "rejected", "errors": exc.details}
+
+    @consumes("tasks", "sanad.assignment.hours_verified.v1")
+    def on_hours_verified(self, event: dict[str, Any]) -> None:
+        data = event["data"]
+        inc = domain.credit_hours(data.get("hours"), data.get("skills_practised") or [])
+        volunteer_id = check_id(data.get("volunteer_id"), "vol", "volunteer_id")
+        self.store.credit(volunteer_id, str(data.get("credit_id") or event["id"]), inc)
 
     # -- skills --------------------------------------------------------------------------
     @rpc

@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from pymongo import ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
 from services.common.errors import Conflict, NotFound
@@ -20,7 +19,6 @@ from services.common.storage import (
     Index,
     asc,
     new_with_outbox,
-    with_outbox,
 )
 
 VOLUNTEERS = "volunteers"
@@ -70,16 +68,9 @@ class RegistryStore(BaseStore):
                envelopes: Iterable[Mapping[str, Any]], what: str,
                unset: Iterable[str] = ()) -> dict[str, Any]:
         """Compare-and-set on `version`: Conflict if someone else wrote first."""
-        update: dict[str, Any] = {"$inc": {"version": 1}}
-        if set_:
-            update["$set"] = dict(set_)
-        unset = list(unset)
-        if unset:
-            update["$unset"] = {name: "" for name in unset}
         try:
-            after = self.db[collection].find_one_and_update(
-                {"_id": doc_id, "version": version}, with_outbox(update, envelopes),
-                projection=HIDDEN, return_document=ReturnDocument.AFTER)
+            after = self.compare_and_replace(collection, doc_id, version, set_, envelopes,
+                                             unset)
         except DuplicateKeyError as exc:
             raise Conflict(f"This {what} clashes with another.", _duplicate_fields(exc)) from None
         if after is None:
@@ -100,8 +91,12 @@ class RegistryStore(BaseStore):
         if result.matched_count != 1:
             raise Conflict(f"The {what} changed meanwhile; try again.", {"version": []})
 
-    def inc(self, collection: str, doc_id: str, inc: Mapping[str, Any]) -> bool:
-        result = self.db[collection].update_one({"_id": doc_id}, {"$inc": dict(inc)})
+    def credit(self, volunteer_id: str, credit_id: str, inc: Mapping[str, float]) -> bool:
+        """Add verified hours once per credit id, even if the event is handled twice."""
+        result = self.db[VOLUNTEERS].update_one(
+            {"_id": volunteer_id, "status": {"$in": ["active", "paused"]},
+             "credited": {"$nin": [credit_id]}},
+            {"$inc": dict(inc), "$push": {"credited": {"$each": [credit_id], "$slice": -2000}}})
         return result.modified_count == 1
 
     # -- volunteers -------------------------------------------------------------------

@@ -189,3 +189,19 @@ def test_replace_keeps_only_the_new_document(db: Database) -> None:
     assert result.matched_count == 1
     assert db.v.find_one({"_id": "1"}) == {"_id": "1", "status": "erased"}
     assert db.v.replace_one({"_id": "1", "version": 3}, {"_id": "1"}).matched_count == 0
+
+
+def test_booleans_set_by_update(db: Database, is_nx: bool) -> None:
+    """Deviation: nx-27017 stores a bare boolean written by `$set` as the integer 1.
+
+    Inside a sub-document, or on insert, booleans survive. Sanad never `$set`s a bare
+    boolean: flags are strings (`offer_kind: "reserved"`) or live in sub-documents.
+    """
+    db.b.insert_one({"_id": "1", "on_insert": True})
+    db.b.update_one({"_id": "1"}, {"$set": {"bare": True, "nested": {"flag": True}}})
+    doc = db.b.find_one({"_id": "1"})
+    assert doc["on_insert"] is True and doc["nested"] == {"flag": True}
+    if is_nx:
+        assert doc["bare"] == 1 and doc["bare"] is not True
+    else:
+        assert doc["bare"] is True

@@ -1,0 +1,16 @@
+"""An empty RPC for the benchmarks: the floor a nameko call costs on this broker.
+
+Run in the same `nameko run` process as the registry (see bench/registry_bench.py), so
+both go through the same broker, process and event loop.
+"""
+from __future__ import annotations
+
+from nameko.rpc import rpc
+
+
+class PingService:
+    name = "bench_ping"
+
+    @rpc
+    def ping(self) -> None:
+        return None

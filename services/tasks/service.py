@@ -1,0 +1,413 @@
+"""Tasks RPC, event and timer entrypoints: validate → domain → store/slots → reply."""
+from __future__ import annotations
+
+from typing import Any
+
+from nameko.dependency_providers import Config
+
+from services.common.caller import COORDINATOR, Caller
+from services.common.consumer import consumes
+from services.common.errors import Conflict, Forbidden
+from services.common.ids import check_id, new_id
+from services.common.outbox import Outbox, OutboxRelay
+from services.common.schemas import load, to_wire
+from services.common.service import ServiceBase, rpc
+from services.common.storage import Store
+from services.common.timers import every
+from services.tasks import domain, events, schemas
+from services.tasks.slots import SlotKeeper
+from services.tasks.store import ASSIGNMENTS, ORGANISATIONS, TASKS, VOLUNTEERS, TasksStore
+
+CREATE = schemas.CreateTaskSchema()
+UPDATE = schemas.UpdateTaskSchema()
+VERSION = schemas.VersionSchema()
+SEARCH = schemas.TaskSearchSchema()
+OFFER = schemas.OfferSchema()
+HOURS = schemas.HoursSchema()
+DECISION = schemas.HoursDecisionSchema()
+FEEDBACK = schemas.FeedbackSchema()
+TIMER_BATCH = 200
+REGISTRY = "registry"
+
+
+class TasksService(ServiceBase, OutboxRelay):
+    name = "tasks"
+
+    store: TasksStore = Store(TasksStore)
+    outbox = Outbox()
+    config = Config()
+    caller: Caller
+
+    # -- plumbing ----------------------------------------------------------------------
+    def _policy(self) -> domain.Policy:
+        return domain.Policy(
+            offer_hours=float(self.config.get("OFFER_HOURS", 48)),
+            urgent_offer_hours=float(self.config.get("URGENT_OFFER_HOURS", 6)),
+            start_grace_hours=float(self.config.get("START_GRACE_HOURS", 24)))
+
+    def _slots(self) -> SlotKeeper:
+        return SlotKeeper(self.store, self.outbox.wrap, self.outbox.publish, self._policy(),
+                          self.now())
+
+    def _task(self, task_id: Any) -> dict[str, Any]:
+        return self.store.task(check_id(task_id, "tsk", "task_id"))
+
+    def _assignment(self, assignment_id: Any) -> dict[str, Any]:
+        return self.store.assignment(check_id(assignment_id, "asg", "assignment_id"))
+
+    def _change_task(self, task: dict[str, Any], version: int, change: domain.Change
+                     ) -> dict[str, Any]:
+        if version != task["version"]:
+            raise Conflict(f"The task changed since version {version}.",
+                           {"version": [f"Current version is {task['version']}."]})
+        if not change.set:
+            return task
+        envelopes = self.outbox.wrap(change.events, self.now())
+        after = self.store.update_task(task["_id"], version, change.set, envelopes)
+        self.outbox.publish(TASKS, task["_id"], envelopes)
+        return after
+
+    def _reply(self, doc: dict[str, Any]) -> dict[str, Any]:
+        hidden = ("holders", "waitlist", "live_key", "due_at")
+        return to_wire({k: v for k, v in doc.items() if k not in hidden})
+
+    # -- tasks ---------------------------------------------------------------------------
+    @rpc
+    def create_task(self, data: Any) -> dict[str, Any]:
+        payload = load(CREATE, data)
+        doc = domain.new_task(new_id("tsk"), payload, self.caller, self.now())
+        self.store.insert_task(doc)
+        return self._reply(doc)
+
+    @rpc
+    def get_task(self, task_id: Any) -> dict[str, Any]:
+        return self._reply(self._task(task_id))
+
+    @rpc
+    def update_task(self, task_id: Any, data: Any) -> dict[str, Any]:
+        payload = load(UPDATE, data, partial=True)
+        task = self._task(task_id)
+        domain.require_org_member(self.caller, task["organisation_id"])
+        version = payload.pop("version")
+        change = domain.update_task(task, payload, self.now())
+        after = self._change_task(task, version, change)
+        if "free" in change.set:
+            slots = self._slots()
+            slots.promote_waitlist(after)
+            slots.settle(self.store.task(task["_id"]))
+            after = self.store.task(task["_id"])
+        return self._reply(after)
+
+    @rpc
+    def publish_task(self, task_id: Any, data: Any) -> dict[str, Any]:
+        payload = load(VERSION, data)
+        task = self._task(task_id)
+        domain.require_org_member(self.caller, task["organisation_id"])
+        org = self.store.snapshot(ORGANISATIONS, task["organisation_id"])
+        change = domain.publish(task, org["status"] if org else None, self.now())
+        return self._reply(self._change_task(task, payload["version"], change))
+
+    @rpc
+    def cancel_task(self, task_id: Any, data: Any) -> dict[str, Any]:
+        return self._end(task_id, data, "cancelled")
+
+    @rpc
+    def complete_task(self, task_id: Any, data: Any) -> dict[str, Any]:
+        return self._end(task_id, data, "completed")
+
+    def _end(self, task_id: Any, data: Any, to: str) -> dict[str, Any]:
+        payload = load(VERSION, data)
+        task = self._task(task_id)
+        domain.require_org_member(self.caller, task["organisation_id"])
+        change = domain.end_task(task, to, payload["reason"], self.now())
+        after = self._change_task(task, payload["version"], change)
+        self._close_assignments(after)
+        return self._reply(after)
+
+    def _close_assignments(self, task: dict[str, Any]) -> None:
+        """When a task ends, live assignments end with it (completed or withdrawn)."""
+        slots = self._slots()
+        for assignment in self.store.assignments_of("task_id", task["_id"], domain.LIVE):
+            if task["status"] == "completed" and assignment["status"] in domain.HOLDS_SLOT:
+                self.store.update_assignment(
+                    assignment, domain.move(assignment, "completed", self.now()), [],
+                    live=False, unset=("due_at",))
+            else:
+                slots.release(assignment, "withdrawn", events.ASSIGNMENT_WITHDRAWN,
+                              f"task {task['status']}")
+
+    @rpc
+    def search_tasks(self, filters: Any = None) -> dict[str, Any]:
+        query = load(SEARCH, filters or {})
+        mongo: dict[str, Any] = {"status": query["status"]}
+        if query["skill_id"]:
+            mongo["skill_ids"] = {"$in": [query["skill_id"]]}
+        if query["language"]:
+            mongo["language_codes"] = {"$in": [query["language"]]}
+        for name in ("urgency", "mode", "organisation_id"):
+            if query[name]:
+                mongo[name] = query[name]
+        window = {}
+        if query["starts_after"]:
+            window["$gte"] = query["starts_after"]
+        if query["starts_before"]:
+            window["$lt"] = query["starts_before"]
+        if window:
+            mongo["starts_at"] = window
+        if query["status"] == "draft":
+            if not self.caller.is_admin:
+                mongo["organisation_id"] = {"$in": sorted(self.caller.org_ids)}
+        items, cursor = self.store.search_tasks(mongo, query["cursor"], query["limit"])
+        return {"items": [self._reply(t) for t in items], "next_cursor": cursor}
+
+    # -- assignments ----------------------------------------------------------------------
+    def _volunteer_action(self, task: dict[str, Any], volunteer_id: Any) -> str:
+        volunteer_id = check_id(volunteer_id, "vol", "volunteer_id")
+        domain.require_self(self.caller, volunteer_id)
+        domain.check_eligible(task, self.store.snapshot(VOLUNTEERS, volunteer_id))
+        return volunteer_id
+
+    @rpc
+    def accept(self, task_id: Any, volunteer_id: Any) -> dict[str, Any]:
+        """Take a slot: accept an offer, or sign up directly while slots are free."""
+        task = self._task(task_id)
+        volunteer_id = check_id(volunteer_id, "vol", "volunteer_id")
+        existing = self.store.live_assignment(domain.live_key(task["_id"], volunteer_id))
+        if existing and existing["status"] == "applied":
+            domain.require_org_member(self.caller, task["organisation_id"])  # approval
+            domain.check_eligible(task, self.store.snapshot(VOLUNTEERS, volunteer_id))
+        else:
+            self._volunteer_action(task, volunteer_id)
+        return self._reply(self._slots().accept(task, volunteer_id, existing))
+
+    @rpc
+    def apply(self, task_id: Any, volunteer_id: Any) -> dict[str, Any]:
+        task = self._task(task_id)
+        volunteer_id = self._volunteer_action(task, volunteer_id)
+        if task["status"] not in domain.CLAIMABLE:
+            raise Conflict(f"Task is {task['status']}.", {"task_id": [task["status"]]})
+        return self._new_assignment(task, volunteer_id, "applied", events.ASSIGNMENT_APPLIED)
+
+    @rpc
+    def offer(self, task_id: Any, data: Any) -> dict[str, Any]:
+        """A coordinator (or matching, as `system`) invites a volunteer."""
+        payload = load(OFFER, data)
+        task = self._task(task_id)
+        domain.require_org_member(self.caller, task["organisation_id"])
+        if task["status"] not in domain.CLAIMABLE:
+            raise Conflict(f"Task is {task['status']}.", {"task_id": [task["status"]]})
+        domain.check_eligible(task, self.store.snapshot(VOLUNTEERS, payload["volunteer_id"]))
+        expires = self._policy().offer_expiry(task, self.now())
+        return self._new_assignment(task, payload["volunteer_id"], "offered",
+                                    events.ASSIGNMENT_OFFERED, due_at=expires,
+                                    offer_expires_at=expires, note=payload["note"])
+
+    def _new_assignment(self, task: dict[str, Any], volunteer_id: str, status: str,
+                        event_type: str, **extra: Any) -> dict[str, Any]:
+        doc = domain.new_assignment(new_id("asg"), task, volunteer_id, status, self.now(),
+                                    **extra)
+        data = {"offer_expires_at": extra["offer_expires_at"].isoformat()} \
+            if "offer_expires_at" in extra else {}
+        envelopes = self.outbox.wrap([domain.assignment_event(event_type, doc, **data)],
+                                     self.now())
+        self.store.insert_assignment(doc, envelopes)
+        self.outbox.publish(ASSIGNMENTS, doc["_id"], envelopes)
+        return self._reply(doc)
+
+    @rpc
+    def join_waitlist(self, task_id: Any, volunteer_id: Any) -> dict[str, Any]:
+        task = self._task(task_id)
+        volunteer_id = self._volunteer_action(task, volunteer_id)
+        return self._reply(self._slots().join_waitlist(task, volunteer_id))
+
+    def _own_or_coordinator(self, assignment: dict[str, Any]) -> None:
+        if self.caller.is_admin or self.caller.user_id == assignment["volunteer_id"]:
+            return
+        domain.require_org_member(self.caller, assignment["organisation_id"])
+
+    @rpc
+    def decline(self, assignment_id: Any) -> dict[str, Any]:
+        assignment = self._assignment(assignment_id)
+        self._own_or_coordinator(assignment)
+        return self._release(assignment, "declined", events.ASSIGNMENT_DECLINED)
+
+    @rpc
+    def withdraw(self, assignment_id: Any) -> dict[str, Any]:
+        assignment = self._assignment(assignment_id)
+        domain.require_self(self.caller, assignment["volunteer_id"])
+        return self._release(assignment, "withdrawn", events.ASSIGNMENT_WITHDRAWN)
+
+    @rpc
+    def mark_no_show(self, assignment_id: Any) -> dict[str, Any]:
+        assignment = self._assignment(assignment_id)
+        domain.require_org_member(self.caller, assignment["organisation_id"])
+        return self._release(assignment, "no_show", events.ASSIGNMENT_NO_SHOW)
+
+    def _release(self, assignment: dict[str, Any], to: str, event_type: str
+                 ) -> dict[str, Any]:
+        after = self._slots().release(assignment, to, event_type)
+        if after is None:
+            raise Conflict("The assignment changed meanwhile; try again.", {})
+        return self._reply(after)
+
+    @rpc
+    def start(self, assignment_id: Any) -> dict[str, Any]:
+        assignment = self._assignment(assignment_id)
+        self._own_or_coordinator(assignment)
+        set_ = domain.move(assignment, "active", self.now(), started_at=self.now())
+        return self._write(assignment, set_, domain.assignment_event(
+            events.ASSIGNMENT_STARTED, assignment), unset=("due_at",))
+
+    def _write(self, assignment: dict[str, Any], set_: dict[str, Any], event: Any,
+               unset: tuple[str, ...] = ()) -> dict[str, Any]:
+        envelopes = self.outbox.wrap([event], self.now())
+        after = self.store.update_assignment(assignment, set_, envelopes, unset=unset)
+        if after is None:
+            raise Conflict("The assignment changed meanwhile; try again.", {})
+        self.outbox.publish(ASSIGNMENTS, assignment["_id"], envelopes)
+        return self._reply(after)
+
+    @rpc
+    def submit_hours(self, assignment_id: Any, data: Any) -> dict[str, Any]:
+        payload = load(HOURS, data)
+        assignment = self._assignment(assignment_id)
+        domain.require_self(self.caller, assignment["volunteer_id"])
+        task = self.store.task(assignment["task_id"])
+        entry, event = domain.submit_hours(assignment, task, payload["hours"],
+                                           payload["session_id"], payload["note"], self.now())
+        return self._write(assignment, {"hours": [*assignment["hours"], entry],
+                                        "updated_at": self.now()}, event)
+
+    @rpc
+    def verify_hours(self, assignment_id: Any, data: Any) -> dict[str, Any]:
+        return self._decide_hours(assignment_id, data, verified=True)
+
+    @rpc
+    def reject_hours(self, assignment_id: Any, data: Any) -> dict[str, Any]:
+        return self._decide_hours(assignment_id, data, verified=False)
+
+    def _decide_hours(self, assignment_id: Any, data: Any, verified: bool) -> dict[str, Any]:
+        payload = load(DECISION, data)
+        assignment = self._assignment(assignment_id)
+        domain.require_org_member(self.caller, assignment["organisation_id"])
+        task = self.store.task(assignment["task_id"])
+        entries, event = domain.decide_hours(assignment, task, payload["entry_id"], verified,
+                                             payload["reason"], self.caller, self.now())
+        return self._write(assignment, {"hours": entries, "updated_at": self.now(),
+                                        "verified_hours": domain.verified_hours(
+                                            {"hours": entries})}, event)
+
+    @rpc
+    def leave_feedback(self, assignment_id: Any, data: Any) -> dict[str, Any]:
+        payload = load(FEEDBACK, data)
+        assignment = self._assignment(assignment_id)
+        if self.caller.user_id == assignment["volunteer_id"]:
+            by = "volunteer"
+        else:
+            domain.require_org_member(self.caller, assignment["organisation_id"])
+            by = "organisation"
+        if assignment["status"] != "completed":
+            raise Conflict("Feedback is left after completion.",
+                           {"status": [assignment["status"]]})
+        if (assignment.get("feedback") or {}).get(by):
+            raise Conflict("Feedback already left.", {"by": [by]})
+        entry = {**payload, "at": self.now()}
+        event = domain.assignment_event(events.FEEDBACK_LEFT, assignment, by=by,
+                                        rating=payload["rating"])
+        return self._write(assignment, {f"feedback.{by}": entry}, event)
+
+    @rpc
+    def list_assignments(self, task_id: Any = None, volunteer_id: Any = None
+                         ) -> list[dict[str, Any]]:
+        if volunteer_id is not None:
+            volunteer_id = check_id(volunteer_id, "vol", "volunteer_id")
+            if not self.caller.has_any(COORDINATOR):
+                domain.require_self(self.caller, volunteer_id)
+            found = self.store.assignments_of("volunteer_id", volunteer_id)
+            if not self.caller.is_admin and self.caller.user_id != volunteer_id:
+                found = [a for a in found if a["organisation_id"] in self.caller.org_ids]
+        elif task_id is not None:
+            task = self._task(task_id)
+            domain.require_org_member(self.caller, task["organisation_id"])
+            found = self.store.assignments_of("task_id", task["_id"])
+        else:
+            raise Forbidden("Not allowed.", {"task_id": ["Give a task or a volunteer."]})
+        return [self._reply(a) for a in found]
+
+    # -- timers: each step is a conditional write, so replicas never do a job twice ---------
+    @every("ASSIGNMENT_TIMER_SECONDS", 5.0)
+    def expire_assignments(self) -> None:
+        slots = self._slots()
+        for assignment in self.store.assignments_due(self.now(), TIMER_BATCH):
+            slots.expire_due(assignment)
+
+    @every("TASK_TIMER_SECONDS", 30.0)
+    def expire_tasks(self) -> None:
+        for task in self.store.tasks_to_expire(self.now(), TIMER_BATCH):
+            to = "cancelled" if task["status"] == "draft" else "expired"
+            try:
+                after = self._change_task(task, task["version"],
+                                          domain.end_task(task, to, "schedule over",
+                                                          self.now()))
+            except Conflict:
+                continue  # another replica (or a coordinator) got there first
+            self._close_assignments(after)
+
+    @every("RECONCILE_SECONDS", 60.0)
+    def reconcile_slots(self) -> None:
+        slots = self._slots()
+        for task in self.store.unbalanced_tasks(TIMER_BATCH):
+            slots.reconcile(task)
+
+    # -- what the registry tells us -----------------------------------------------------
+    @consumes(REGISTRY, "sanad.organisation.registered.v1")
+    def on_organisation_registered(self, event: dict[str, Any]) -> None:
+        self._organisation(event)
+
+    @consumes(REGISTRY, "sanad.organisation.verified.v1")
+    def on_organisation_verified(self, event: dict[str, Any]) -> None:
+        self._organisation(event)
+
+    @consumes(REGISTRY, "sanad.organisation.suspended.v1")
+    def on_organisation_suspended(self, event: dict[str, Any]) -> None:
+        self._organisation(event)
+
+    def _organisation(self, event: dict[str, Any]) -> None:
+        org = event["data"]["organisation"]
+        self.store.upsert_snapshot(ORGANISATIONS, org["organisation_id"], org["version"],
+                                   {"status": org["status"], "name": org["name"]})
+
+    @consumes(REGISTRY, "sanad.volunteer.registered.v1")
+    def on_volunteer_registered(self, event: dict[str, Any]) -> None:
+        self._volunteer(event)
+
+    @consumes(REGISTRY, "sanad.volunteer.updated.v1")
+    def on_volunteer_updated(self, event: dict[str, Any]) -> None:
+        self._volunteer(event)
+
+    @consumes(REGISTRY, "sanad.volunteer.paused.v1")
+    def on_volunteer_paused(self, event: dict[str, Any]) -> None:
+        self._volunteer(event)
+
+    @consumes(REGISTRY, "sanad.volunteer.resumed.v1")
+    def on_volunteer_resumed(self, event: dict[str, Any]) -> None:
+        self._volunteer(event)
+
+    def _volunteer(self, event: dict[str, Any]) -> None:
+        snapshot = event["data"]["volunteer"]
+        self.store.upsert_snapshot(VOLUNTEERS, snapshot["volunteer_id"], snapshot["version"],
+                                   {"status": snapshot["status"],
+                                    "vetting": snapshot.get("vetting") or {}})
+
+    @consumes(REGISTRY, "sanad.volunteer.erased.v1")
+    def on_volunteer_erased(self, event: dict[str, Any]) -> None:
+        volunteer_id = event["data"]["volunteer_id"]
+        slots = self._slots()
+        for assignment in self.store.assignments_of("volunteer_id", volunteer_id, domain.LIVE):
+            slots.release(assignment, "withdrawn", events.ASSIGNMENT_WITHDRAWN,
+                          "volunteer erased")
+        self.store.erase_volunteer(volunteer_id)
+
+
+Service = TasksService  # what scripts/run-service.sh starts
+

@@ -1,0 +1,189 @@
+"""The tasks service's collections and queries: the only module that speaks pymongo.
+
+Slots live on the task document: `free` (a counter), `holders` (who holds a slot) and
+`waitlist` (who waits, in order). Every claim, release and promotion is one conditional
+update of that document, carrying its events (the outbox), so N concurrent claims on k
+free slots give exactly k winners on any number of replicas.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+from typing import Any
+
+from pymongo import ReturnDocument
+from pymongo.errors import DuplicateKeyError
+
+from services.common.errors import Conflict, NotFound
+from services.common.storage import HIDDEN, BaseStore, Index, asc, new_with_outbox, with_outbox
+
+TASKS = "tasks"
+ASSIGNMENTS = "assignments"
+VOLUNTEERS = "volunteers"  # read model from registry events
+ORGANISATIONS = "organisations"  # read model from registry events
+AFTER = ReturnDocument.AFTER
+
+
+class TasksStore(BaseStore):
+    OUTBOX_COLLECTIONS = (TASKS, ASSIGNMENTS)
+    INDEXES = (
+        Index(TASKS, asc("status")),
+        Index(TASKS, asc("organisation_id")),
+        Index(TASKS, asc("skill_ids")),
+        Index(TASKS, asc("language_codes")),
+        Index(TASKS, asc("ends_at")),
+        Index(ASSIGNMENTS, asc("live_key"), unique=True, sparse=True),
+        Index(ASSIGNMENTS, asc("task_id")),
+        Index(ASSIGNMENTS, asc("volunteer_id")),
+        Index(ASSIGNMENTS, asc("status")),
+        Index(ASSIGNMENTS, asc("due_at")),
+    )
+
+    # -- tasks ------------------------------------------------------------------------
+    def insert_task(self, doc: dict[str, Any]) -> None:
+        self.db[TASKS].insert_one(new_with_outbox(doc, []))
+
+    def task(self, task_id: str) -> dict[str, Any]:
+        doc = self.db[TASKS].find_one({"_id": task_id}, HIDDEN)
+        if doc is None:
+            raise NotFound("No such task.", {"task_id": [task_id]})
+        return doc
+
+    def update_task(self, task_id: str, version: int, set_: Mapping[str, Any],
+                    envelopes: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+        after = self.compare_and_replace(TASKS, task_id, version, set_, envelopes)
+        if after is None:
+            current = self.task(task_id)
+            raise Conflict(f"The task changed since version {version}.",
+                           {"version": [f"Current version is {current['version']}."]})
+        return after
+
+    def _slots(self, query: dict[str, Any], update: dict[str, Any],
+               envelopes: Iterable[Mapping[str, Any]]) -> dict[str, Any] | None:
+        return self.db[TASKS].find_one_and_update(
+            query, with_outbox(update, envelopes), projection=HIDDEN, return_document=AFTER)
+
+    def claim_slot(self, task_id: str, volunteer_id: str, statuses: Iterable[str],
+                   envelopes: Iterable[Mapping[str, Any]]) -> dict[str, Any] | None:
+        """Take one free slot for a volunteer who holds none; None when there is none."""
+        return self._slots(
+            {"_id": task_id, "status": {"$in": list(statuses)}, "free": {"$gt": 0},
+             "holders": {"$nin": [volunteer_id]}},
+            {"$inc": {"free": -1}, "$push": {"holders": volunteer_id},
+             "$pull": {"waitlist": volunteer_id}}, envelopes)
+
+    def release_slot(self, task_id: str, volunteer_id: str,
+                     envelopes: Iterable[Mapping[str, Any]]) -> dict[str, Any] | None:
+        return self._slots(
+            {"_id": task_id, "holders": {"$in": [volunteer_id]}},
+            {"$inc": {"free": 1}, "$pull": {"holders": volunteer_id}}, envelopes)
+
+    def promote(self, task_id: str, volunteer_id: str, statuses: Iterable[str],
+                envelopes: Iterable[Mapping[str, Any]]) -> dict[str, Any] | None:
+        """Move one volunteer from the waitlist into a free slot; exactly once."""
+        return self._slots(
+            {"_id": task_id, "status": {"$in": list(statuses)}, "free": {"$gt": 0},
+             "waitlist": {"$in": [volunteer_id]}, "holders": {"$nin": [volunteer_id]}},
+            {"$inc": {"free": -1}, "$push": {"holders": volunteer_id},
+             "$pull": {"waitlist": volunteer_id}}, envelopes)
+
+    def join_waitlist(self, task_id: str, volunteer_id: str, statuses: Iterable[str],
+                      limit: int) -> dict[str, Any] | None:
+        return self._slots(
+            {"_id": task_id, "status": {"$in": list(statuses)},
+             "holders": {"$nin": [volunteer_id]}, "waitlist": {"$nin": [volunteer_id]}},
+            {"$push": {"waitlist": {"$each": [volunteer_id], "$slice": limit}}}, [])
+
+    def leave_waitlist(self, task_id: str, volunteer_id: str) -> None:
+        self.db[TASKS].update_one({"_id": task_id}, {"$pull": {"waitlist": volunteer_id}})
+
+    def set_status_if(self, task_id: str, expect: Mapping[str, Any], status: str,
+                      envelopes: Iterable[Mapping[str, Any]]) -> dict[str, Any] | None:
+        """filled/reopened: a status flip that only one replica can win."""
+        return self._slots({"_id": task_id, **expect}, {"$set": {"status": status}}, envelopes)
+
+    def tasks_to_expire(self, now: datetime, limit: int) -> list[dict[str, Any]]:
+        return list(self.db[TASKS].find(
+            {"status": {"$in": ["draft", "open", "filled"]}, "ends_at": {"$lt": now}},
+            HIDDEN).limit(limit))
+
+    def unbalanced_tasks(self, limit: int) -> list[dict[str, Any]]:
+        """Tasks whose status disagrees with their free count (a crash between steps)."""
+        return list(self.db[TASKS].find(
+            {"$or": [{"status": "filled", "free": {"$gt": 0}},
+                     {"status": "open", "free": 0}]}, HIDDEN).limit(limit))
+
+    def search_tasks(self, query: dict[str, Any], cursor: str | None, limit: int
+                     ) -> tuple[list[dict[str, Any]], str | None]:
+        if cursor:
+            query = {**query, "_id": {"$gt": cursor}}
+        docs = list(self.db[TASKS].find(query, {**HIDDEN, "holders": 0, "waitlist": 0})
+                    .sort("_id", 1).limit(limit + 1))
+        return docs[:limit], (docs[limit - 1]["_id"] if len(docs) > limit else None)
+
+    # -- assignments --------------------------------------------------------------------
+    def insert_assignment(self, doc: dict[str, Any],
+                          envelopes: Iterable[Mapping[str, Any]]) -> None:
+        try:
+            self.db[ASSIGNMENTS].insert_one(new_with_outbox(doc, envelopes))
+        except DuplicateKeyError:
+            raise Conflict("This volunteer already has a live assignment on this task.",
+                           {"volunteer_id": ["Already applied, offered or assigned."]}) from None
+
+    def assignment(self, assignment_id: str) -> dict[str, Any]:
+        doc = self.db[ASSIGNMENTS].find_one({"_id": assignment_id}, HIDDEN)
+        if doc is None:
+            raise NotFound("No such assignment.", {"assignment_id": [assignment_id]})
+        return doc
+
+    def live_assignment(self, key: str) -> dict[str, Any] | None:
+        return self.db[ASSIGNMENTS].find_one({"live_key": key}, HIDDEN)
+
+    def update_assignment(self, doc: Mapping[str, Any], set_: Mapping[str, Any],
+                          envelopes: Iterable[Mapping[str, Any]], live: bool = True,
+                          unset: Iterable[str] = ()) -> dict[str, Any] | None:
+        """CAS on the assignment's version; None when another worker moved it first."""
+        gone = [*unset, *([] if live else ["live_key"])]
+        return self.compare_and_replace(ASSIGNMENTS, doc["_id"], doc["version"], set_,
+                                        envelopes, gone)
+
+    def assignments_due(self, now: datetime, limit: int) -> list[dict[str, Any]]:
+        """Offers past their expiry, accepted volunteers past their start grace."""
+        return list(self.db[ASSIGNMENTS].find(
+            {"status": {"$in": ["offered", "accepted"]}, "due_at": {"$lt": now}},
+            HIDDEN).limit(limit))
+
+    def assignments_of(self, field: str, value: str, statuses: Iterable[str] | None = None
+                       ) -> list[dict[str, Any]]:
+        query: dict[str, Any] = {field: value}
+        if statuses is not None:
+            query["status"] = {"$in": list(statuses)}
+        return list(self.db[ASSIGNMENTS].find(query, HIDDEN).sort("_id", 1).limit(1000))
+
+    # -- read models from registry events ----------------------------------------------------
+    def upsert_snapshot(self, collection: str, doc_id: str, version: int,
+                        fields: Mapping[str, Any]) -> bool:
+        """Keep the newest snapshot: older or replayed versions change nothing."""
+        try:
+            result = self.db[collection].update_one(
+                {"_id": doc_id, "version": {"$lt": version}},
+                {"$set": {**fields, "version": version}}, upsert=True)
+        except DuplicateKeyError:
+            return False  # a newer version is stored: the upsert's insert collided
+        return result.modified_count == 1 or result.upserted_id is not None
+
+    def snapshot(self, collection: str, doc_id: str) -> dict[str, Any] | None:
+        return self.db[collection].find_one({"_id": doc_id})
+
+    def snapshots(self, collection: str, ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+        return {d["_id"]: d for d in self.db[collection].find({"_id": {"$in": list(ids)}})}
+
+    def erase_volunteer(self, volunteer_id: str) -> None:
+        """Keep a tombstone (so late events are ignored) and no personal data."""
+        self.db[VOLUNTEERS].replace_one({"_id": volunteer_id},
+                                        {"_id": volunteer_id, "status": "erased",
+                                         "version": 1 << 62}, upsert=True)
+        self.db[ASSIGNMENTS].update_many(
+            {"volunteer_id": volunteer_id},
+            {"$unset": {"feedback.volunteer.comment": "", "feedback.organisation.comment": "",
+                        "notes": ""}})

@@ -1,0 +1,258 @@
+"""Tasks service with the registry, in-process, on the real broker and store."""
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import eventlet
+import pytest
+
+from services.common.errors import Conflict, Forbidden, ValidationError
+from services.registry.service import RegistryService
+from services.tasks.service import TasksService
+from tests.factories import volunteer
+from tests.support import wait_for
+
+
+@pytest.fixture
+def platform(container_factory: Any, config: dict[str, Any]) -> dict[str, Any]:
+    tasks_config = {**config, "ASSIGNMENT_TIMER_SECONDS": 0.3, "OFFER_HOURS": 48}
+    for service, cfg in ((RegistryService, config), (TasksService, tasks_config)):
+        container_factory(service, cfg).start()
+    return tasks_config
+
+
+class World:
+    """An organisation, its coordinator and volunteers, as the tasks service learns them."""
+
+    def __init__(self, rpc: Any, db: Any) -> None:
+        self.rpc, self.db = rpc, db
+        self.registry = rpc("registry")
+        owner = rpc("registry", roles=("coordinator",), user_id="u_coord")
+        org = owner.register_organisation({"name": "Tutors Without Borders", "country": "LB",
+                                           "contact_email": "team@twb.example"})
+        rpc("registry", roles=("platform_admin",), user_id="u_admin").verify_organisation(
+            org["id"], {"version": 1})
+        self.org_id = org["id"]
+        self.coordinator = rpc("tasks", roles=("coordinator",), user_id="u_coord",
+                               org_ids=(org["id"],))
+        self.system = rpc("tasks")
+        wait_for(lambda: (self.db("tasks").organisations.find_one({"_id": self.org_id})
+                          or {}).get("status") == "verified")
+
+    def volunteer(self, n: int, **overrides: Any) -> str:
+        vol = self.registry.register_volunteer(volunteer(f"v{n}@example.org", **overrides))
+        wait_for(lambda: self.db("tasks").volunteers.find_one({"_id": vol["id"]}))
+        return vol["id"]
+
+    def as_volunteer(self, volunteer_id: str) -> Any:
+        return self.rpc("tasks", roles=("volunteer",), user_id=volunteer_id)
+
+    def task(self, slots: int = 2, publish: bool = True, **overrides: Any) -> dict[str, Any]:
+        start = (datetime.now(UTC) + timedelta(days=7)).replace(tzinfo=None, microsecond=0)
+        data = {"organisation_id": self.org_id, "title": "دعم دراسي في الرياضيات",
+                "category": "tutoring", "timezone": "Asia/Beirut", "slots": slots,
+                "required_skills": [{"skill_id": "sk_math_tutoring"}], "languages": ["ar"],
+                "skills_practised": ["sk_math_tutoring", "sk_online_collaboration"],
+                "schedule": {"kind": "one_off", "start": start.isoformat(),
+                             "end": (start + timedelta(hours=2)).isoformat()}}
+        data.update(overrides)
+        task = self.coordinator.create_task(data)
+        if publish:
+            task = self.coordinator.publish_task(task["id"], {"version": task["version"]})
+        return task
+
+
+@pytest.fixture
+def world(platform: Any, rpc: Any, db: Any) -> World:
+    return World(rpc, db)
+
+
+def test_task_lifecycle_and_events(world: World, tap: Any) -> None:
+    events = tap("tasks")
+    draft = world.task(publish=False)
+    assert draft["status"] == "draft" and draft["free"] == 2
+    assert draft["sessions"][0]["session_id"] == "s1"
+    with pytest.raises(Forbidden):
+        world.rpc("tasks", roles=("coordinator",), user_id="u_x",
+                  org_ids=("org_" + "1" * 28,)).publish_task(draft["id"], {"version": 1})
+    opened = world.coordinator.publish_task(draft["id"], {"version": 1})
+    assert opened["status"] == "open"
+    with pytest.raises(Conflict):
+        world.coordinator.publish_task(draft["id"], {"version": 2})  # already open
+    updated = world.coordinator.update_task(draft["id"], {"version": 2, "urgency": "high"})
+    assert updated["urgency"] == "high"
+    with pytest.raises(Conflict):
+        world.coordinator.update_task(draft["id"], {"version": 2, "urgency": "low"})
+    found = world.system.search_tasks({"skill_id": "sk_math_tutoring", "language": "ar"})
+    assert [t["id"] for t in found["items"]] == [draft["id"]]
+    assert world.system.search_tasks({"language": "fr"})["items"] == []
+    cancelled = world.coordinator.cancel_task(draft["id"], {"version": 3, "reason": "rain"})
+    assert cancelled["status"] == "cancelled"
+    assert cancelled["sessions"][0]["status"] == "cancelled"
+    types = [e["type"] for e in events.wait(3)]
+    assert types == ["sanad.task.published.v1", "sanad.task.updated.v1",
+                     "sanad.task.cancelled.v1"]
+
+
+def test_publish_needs_a_verified_organisation(world: World, rpc: Any, db: Any) -> None:
+    owner = rpc("registry", roles=("coordinator",), user_id="u_new")
+    org = owner.register_organisation({"name": "New NGO", "country": "JO",
+                                       "contact_email": "a@new.example"})
+    wait_for(lambda: db("tasks").organisations.find_one({"_id": org["id"]}))
+    coordinator = rpc("tasks", roles=("coordinator",), user_id="u_new", org_ids=(org["id"],))
+    start = (datetime.now(UTC) + timedelta(days=3)).replace(tzinfo=None, microsecond=0)
+    task = coordinator.create_task({
+        "organisation_id": org["id"], "title": "Translate leaflets", "category": "translation",
+        "timezone": "Asia/Amman", "schedule": {"kind": "deadline", "due": start.isoformat()}})
+    with pytest.raises(Conflict) as caught:
+        coordinator.publish_task(task["id"], {"version": 1})
+    assert "organisation_id" in caught.value.details
+
+
+def test_claims_fill_the_task_and_waitlist_promotes_on_withdrawal(world: World,
+                                                                  tap: Any) -> None:
+    events = tap("tasks")
+    task = world.task(slots=2)
+    vols = [world.volunteer(n) for n in range(4)]
+    first = world.as_volunteer(vols[0]).accept(task["id"], vols[0])
+    assert first["status"] == "accepted"
+    assert world.as_volunteer(vols[0]).accept(task["id"], vols[0])["id"] == first["id"]
+    world.as_volunteer(vols[1]).accept(task["id"], vols[1])
+    assert world.system.get_task(task["id"])["status"] == "filled"
+    with pytest.raises(Conflict):
+        world.as_volunteer(vols[2]).accept(task["id"], vols[2])
+    waiting = world.as_volunteer(vols[2]).join_waitlist(task["id"], vols[2])
+    assert waiting["status"] == "waitlisted"
+    world.as_volunteer(vols[3]).join_waitlist(task["id"], vols[3])
+    with pytest.raises(Forbidden):
+        world.as_volunteer(vols[3]).withdraw(first["id"])
+
+    world.as_volunteer(vols[0]).withdraw(first["id"])
+    offers = world.system.list_assignments(volunteer_id=vols[2])
+    assert offers[0]["status"] == "offered" and offers[0]["offer_kind"] == "reserved"
+    assert world.system.get_task(task["id"])["status"] == "filled"  # kept for the offer
+    accepted = world.as_volunteer(vols[2]).accept(task["id"], vols[2])
+    assert accepted["status"] == "accepted"
+    types = [e["type"] for e in events.wait(9)]
+    assert types.count("sanad.task.filled.v1") == 1
+    assert types.count("sanad.assignment.offered.v1") == 1
+    assert "sanad.task.reopened.v1" not in types
+
+
+def test_vetting_required_tasks_need_valid_vetting(world: World, rpc: Any, db: Any) -> None:
+    task = world.task(slots=3, vetting_required=["child_safeguarding"])
+    unvetted = world.volunteer(1)
+    with pytest.raises(Conflict) as caught:
+        world.as_volunteer(unvetted).accept(task["id"], unvetted)
+    assert "vetting" in caught.value.details
+    soon = (datetime.now(UTC) + timedelta(days=2)).date().isoformat()
+    world.registry.set_vetting(unvetted, {"kind": "child_safeguarding", "state": "cleared",
+                                          "valid_until": soon, "version": 1})
+    wait_for(lambda: db("tasks").volunteers.find_one({"_id": unvetted})["version"] == 2)
+    with pytest.raises(Conflict):  # expires before the task's session
+        world.as_volunteer(unvetted).accept(task["id"], unvetted)
+    world.registry.set_vetting(unvetted, {"kind": "child_safeguarding", "state": "cleared",
+                                          "valid_until": "2099-12-31", "version": 2})
+    wait_for(lambda: db("tasks").volunteers.find_one({"_id": unvetted})["version"] == 3)
+    assert world.as_volunteer(unvetted).accept(task["id"], unvetted)["status"] == "accepted"
+
+
+def test_hours_are_verified_and_credited_in_the_registry(world: World) -> None:
+    task = world.task(slots=1)
+    vol = world.volunteer(1)
+    me = world.as_volunteer(vol)
+    assignment = me.accept(task["id"], vol)
+    me.start(assignment["id"])
+    logged = me.submit_hours(assignment["id"], {"hours": 2.5})
+    entry = logged["hours"][0]["entry_id"]
+    with pytest.raises(Forbidden):
+        me.verify_hours(assignment["id"], {"entry_id": entry})
+    verified = world.coordinator.verify_hours(assignment["id"], {"entry_id": entry})
+    assert verified["verified_hours"] == 2.5
+    with pytest.raises(Conflict):
+        world.coordinator.verify_hours(assignment["id"], {"entry_id": entry})
+
+    def credited() -> dict[str, Any] | None:
+        record = world.registry.get_volunteer(vol)
+        return record if record["verified_hours"] else None
+
+    record = wait_for(credited)
+    assert record["verified_hours"] == 2.5
+    assert record["hours_by_skill"] == {"sk_math_tutoring": 2.5, "sk_online_collaboration": 2.5}
+    completed = world.coordinator.complete_task(task["id"], {"version": 2})
+    assert completed["status"] == "completed"
+    feedback = me.leave_feedback(assignment["id"], {"rating": 5, "comment": "شكراً"})
+    assert feedback["feedback"]["volunteer"]["rating"] == 5
+    with pytest.raises(Conflict):
+        me.leave_feedback(assignment["id"], {"rating": 4})
+
+
+def test_offers_expire_on_the_timer(world: World, platform: dict[str, Any]) -> None:
+    task = world.task(slots=1, urgency="critical")
+    vol = world.volunteer(1)
+    offer = world.coordinator.offer(task["id"], {"volunteer_id": vol})
+    assert offer["status"] == "offered"
+    assert offer["offer_expires_at"] < (datetime.now(UTC) + timedelta(hours=7)).isoformat()
+    # make the offer due now, as if its 6 hours had passed (a replace keeps the datetime
+    # type on nx-27017, where `$set` would not)
+    stored = world.db("tasks").assignments.find_one({"_id": offer["id"]})
+    stored["due_at"] = datetime.now(UTC) - timedelta(seconds=1)
+    world.db("tasks").assignments.replace_one({"_id": offer["id"]}, stored)
+    wait_for(lambda: world.system.list_assignments(volunteer_id=vol)[0]["status"]
+             == "expired")
+    with pytest.raises(Conflict):
+        world.system.decline(offer["id"])
+
+
+def test_erasure_in_registry_withdraws_and_frees_the_slot(world: World, tap: Any) -> None:
+    events = tap("tasks")
+    task = world.task(slots=1)
+    vol = world.volunteer(1)
+    world.as_volunteer(vol).accept(task["id"], vol)
+    world.registry.erase_volunteer(vol)
+    withdrawn = events.wait(1, "sanad.assignment.withdrawn.v1")[0]
+    assert withdrawn["data"]["reason"] == "volunteer erased"
+    wait_for(lambda: world.system.get_task(task["id"])["free"] == 1)
+    assert world.system.get_task(task["id"])["status"] == "open"
+    assert world.db("tasks").volunteers.find_one({"_id": vol})["status"] == "erased"
+
+
+def test_concurrent_accepts_never_oversell(world: World) -> None:
+    task = world.task(slots=3)
+    vols = [world.volunteer(n) for n in range(12)]
+    proxies = [(vid, world.as_volunteer(vid)) for vid in vols]
+
+    def attempt(pair: tuple[str, Any]) -> str:
+        vid, proxy = pair
+        try:
+            proxy.accept(task["id"], vid)
+            return "accepted"
+        except Conflict:
+            return "refused"
+
+    outcomes = list(eventlet.GreenPool(12).imap(attempt, proxies))
+    assert outcomes.count("accepted") == 3
+    final = world.system.get_task(task["id"])
+    assert final["free"] == 0 and final["status"] == "filled"
+
+
+@pytest.mark.parametrize(("patch", "field"), [
+    ({"title": "x"}, "title"), ({"category": "astrology"}, "category"),
+    ({"timezone": "Moon/Base"}, "timezone"), ({"slots": 0}, "slots"),
+    ({"urgency": "yesterday"}, "urgency"), ({"mode": "onsite"}, "location"),
+    ({"required_skills": [{"skill_id": "Data Analysis"}]}, "required_skills"),
+    ({"schedule": {"kind": "recurring", "start": "2030-01-01T17:00"}}, "schedule"),
+    ({"schedule": {"kind": "recurring", "start": "2030-01-01T17:00",
+                   "rrule": "FREQ=WEEKLY", "duration_minutes": 60}}, "schedule"),
+    ({"schedule": {"kind": "one_off", "start": "2020-01-01T10:00",
+                   "end": "2020-01-01T11:00"}}, "schedule"),
+    ({"title": {"$gt": ""}}, "title"), ({"organisation_id": "org_../../x"}, "organisation_id"),
+    ({"extra": 1}, "extra"),
+])
+def test_invalid_tasks_are_refused_by_field(world: World, patch: dict[str, Any],
+                                            field: str) -> None:
+    with pytest.raises(ValidationError) as caught:
+        world.task(publish=False, **patch)
+    assert [k for k in caught.value.details if k.split(".")[0] == field], caught.value.details
+    assert world.db("tasks").tasks.count_documents({}) == 0
