@@ -67,10 +67,11 @@ class Metrics(DependencyProvider):
         self.event_lag = Histogram(
             "sanad_event_lag_seconds", "Event time to the start of its handling.",
             ["type"], buckets=LAG_BUCKETS, registry=registry)
+        # Set by the outbox relay on each tick, not computed per scrape: a scrape must
+        # never load the store.
         self.outbox_backlog = Gauge(
-            "sanad_outbox_backlog", "Documents with events not yet published.",
+            "sanad_outbox_backlog", "Documents with events not yet published (last relay).",
             registry=registry)
-        self.outbox_backlog.set_function(self._outbox_backlog)
         self._started: weakref.WeakKeyDictionary[Any, float] = weakref.WeakKeyDictionary()
         self._server: Any = None
         self.port: int | None = None
@@ -102,16 +103,6 @@ class Metrics(DependencyProvider):
 
     def get_dependency(self, worker_ctx: Any) -> Metrics:
         return self
-
-    def _outbox_backlog(self) -> float:
-        for dependency in self.container.dependencies:
-            store = getattr(dependency, "store", None)
-            if store is not None and hasattr(store, "outbox_backlog"):
-                try:
-                    return float(store.outbox_backlog())
-                except Exception:  # noqa: BLE001 - a scrape must not fail on a store blip
-                    return float("nan")
-        return 0.0
 
     # -- HTTP: /metrics and health ----------------------------------------------------
     def start(self) -> None:

@@ -13,6 +13,8 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import eventlet
+import eventlet.event
 from nameko.events import EventDispatcher
 
 from services.common.envelope import DomainEvent, make_envelope, parse_time
@@ -22,6 +24,8 @@ from services.common.storage import BaseStore, Store
 from services.common.timers import every
 
 log = logging.getLogger(__name__)
+
+ACK_BATCH_SECONDS = 0.02
 
 
 class Outbox(EventDispatcher):
@@ -34,6 +38,46 @@ class Outbox(EventDispatcher):
         self.grace = timedelta(seconds=float(config.get("OUTBOX_GRACE_SECONDS", 5)))
         self.lease = timedelta(seconds=float(config.get("OUTBOX_LEASE_SECONDS", 30)))
         self.batch = int(config.get("OUTBOX_RELAY_BATCH", 500))
+
+    def start(self) -> None:
+        super().start()
+        self._acks: list[tuple[str, str, str]] = []
+        self._ack_ready = eventlet.event.Event()
+        self._running = True
+        self.container.spawn_managed_thread(self._flush_acks)
+
+    def stop(self) -> None:
+        self._running = False
+        self._flush_now()
+        super().stop()
+
+    def defer_ack(self, collection: str, doc_id: str, event_id: str) -> None:
+        """Acknowledge a published event soon, together with others.
+
+        The ack is the second store write of every change; batching takes it off the
+        request path. If the process dies first, the relay re-sends those events and
+        consumers drop the duplicates, as after any crash between publish and ack.
+        """
+        self._acks.append((collection, doc_id, event_id))
+        if not self._ack_ready.ready():
+            self._ack_ready.send(True)
+
+    def _flush_acks(self) -> None:
+        while self._running:
+            self._ack_ready.wait()
+            self._ack_ready = eventlet.event.Event()
+            eventlet.sleep(ACK_BATCH_SECONDS)  # let concurrent workers add theirs
+            self._flush_now()
+
+    def _flush_now(self) -> None:
+        acks, self._acks = self._acks, []
+        if not acks:
+            return
+        try:
+            self._store().outbox_ack_many(acks)
+        except Exception:  # noqa: BLE001 - sent already; the relay re-sends, consumers dedupe
+            log.warning("could not acknowledge %d published event(s)", len(acks),
+                        exc_info=True)
 
     def _store(self) -> BaseStore:
         for dependency in self.container.dependencies:
@@ -61,7 +105,6 @@ class OutboxHandle:
                 envelopes: Iterable[Mapping[str, Any]]) -> int:
         """Publish events just written with a change; whatever fails stays for the relay."""
         failpoint("outbox.after_write")
-        store = self._provider._store()
         sent = 0
         for envelope in envelopes:
             try:
@@ -73,10 +116,7 @@ class OutboxHandle:
             if self._metrics:
                 self._metrics.events_published.labels(envelope["type"]).inc()
             failpoint("outbox.after_publish")
-            try:
-                store.outbox_ack(collection, doc_id, envelope["id"])
-            except Exception:  # noqa: BLE001 - sent; the relay re-sends, consumers dedupe
-                log.warning("ack failed after publish: %s", envelope["id"], exc_info=True)
+            self._provider.defer_ack(collection, doc_id, envelope["id"])
             sent += 1
         return sent
 
@@ -103,6 +143,8 @@ class OutboxHandle:
                     return sent  # broker trouble: stop hammering, the lease expires
         if sent:
             log.info("outbox relay published %d pending event(s)", sent)
+        if self._metrics:
+            self._metrics.outbox_backlog.set(store.outbox_backlog())
         return sent
 
 

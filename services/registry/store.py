@@ -19,6 +19,7 @@ from services.common.storage import (
     Index,
     asc,
     new_with_outbox,
+    visible,
 )
 
 VOLUNTEERS = "volunteers"
@@ -55,7 +56,8 @@ class RegistryStore(BaseStore):
                            _duplicate_fields(exc)) from None
 
     def get(self, collection: str, doc_id: str, what: str) -> dict[str, Any]:
-        doc = self.db[collection].find_one({"_id": doc_id}, HIDDEN)
+        # no exclusion projection: stripping in Python is cheaper on nx-27017
+        doc = visible(self.db[collection].find_one({"_id": doc_id}))
         if doc is None:
             raise NotFound(f"No such {what}.", {"id": [doc_id]})
         return doc
