@@ -1,8 +1,9 @@
 """Marshmallow foundations for every payload that crosses a service boundary.
 
-`StrictSchema` refuses unknown fields, any key that could become a MongoDB operator or
-path (`$…`, dotted, NUL), oversized payloads and absurd nesting, before a field is read.
-`load()` turns marshmallow's errors into the RPC `ValidationError` with field messages.
+`StrictSchema` refuses unknown fields; `load()` first refuses any key that could become
+a MongoDB operator or path (`$…`, dotted, NUL), oversized payloads and absurd nesting,
+before a field is read, and turns marshmallow's errors into the RPC `ValidationError`
+with field messages. Every RPC validates through `load()`.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from datetime import date, datetime
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
-from marshmallow import RAISE, Schema, fields, pre_load, validate
+from marshmallow import RAISE, Schema, fields, validate
 from marshmallow import ValidationError as MarshmallowError
 
 from services.common.errors import ValidationError
@@ -46,28 +47,32 @@ def _check_keys(value: Any, path: str, depth: int, errors: dict[str, list[str]])
 
 
 class StrictSchema(Schema):
-    """Base schema: unknown fields are errors, keys are checked before loading."""
+    """Base schema: unknown fields are errors; load it with `load()`, which guards the
+    raw input first (up to `max_bytes`)."""
 
     max_bytes = MAX_PAYLOAD_BYTES
 
     class Meta:
         unknown = RAISE
 
-    @pre_load(pass_many=True)
-    def _guard_raw_input(self, data: Any, **_: Any) -> Any:
-        if data is None:
-            return data
-        try:
-            size = len(json.dumps(data, ensure_ascii=False, default=str).encode())
-        except (TypeError, ValueError) as exc:
-            raise MarshmallowError(f"Payload is not JSON-serialisable: {exc}") from exc
-        if size > self.max_bytes:
-            raise MarshmallowError(f"Payload is {size} bytes; the limit is {self.max_bytes}.")
-        errors: dict[str, list[str]] = {}
-        _check_keys(data, "", 0, errors)
-        if errors:
-            raise MarshmallowError(errors)
-        return data
+
+def guard_raw_input(data: Any, max_bytes: int) -> None:
+    """Refuse oversized input and keys that could become operators or paths, once, on
+    the whole payload, before any field is read (nested schemas need not repeat it)."""
+    if data is None:
+        return
+    try:
+        size = len(json.dumps(data, ensure_ascii=False, default=str).encode())
+    except (TypeError, ValueError) as exc:
+        raise ValidationError("Invalid input.", {"_schema": [
+            f"Payload is not JSON-serialisable: {exc}"]}) from None
+    if size > max_bytes:
+        raise ValidationError("Invalid input.", {"_schema": [
+            f"Payload is {size} bytes; the limit is {max_bytes}."]})
+    errors: dict[str, list[str]] = {}
+    _check_keys(data, "", 0, errors)
+    if errors:
+        raise ValidationError("Invalid input.", errors)
 
 
 def load(schema: Schema, data: Any, *, partial: bool = False) -> Any:
@@ -78,6 +83,7 @@ def load(schema: Schema, data: Any, *, partial: bool = False) -> Any:
     """
     if data is not None and not isinstance(data, Mapping) and not schema.many:
         raise ValidationError("Invalid input.", {"_schema": ["Expected an object."]})
+    guard_raw_input(data, getattr(schema, "max_bytes", MAX_PAYLOAD_BYTES))
     if partial:
         partial_fields = tuple(name for name in schema.fields if name != "version")
         try:

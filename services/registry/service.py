@@ -60,9 +60,15 @@ class RegistryService(ServiceBase, OutboxRelay):
         raw = self.store.raw(collection, doc_id)
         if raw is None:
             raise NotFound(f"No such {what}.", {"id": [doc_id]})
+        # Events still pending carry the profile (skills, region, about): send them now,
+        # so the tombstone keeps none of them. What cannot be sent stays for the relay.
+        pending = [entry["event"] for entry in sorted(
+            (raw.get("outbox") or {}).values(), key=lambda e: (e["event"]["time"], e["n"]))]
+        sent = self.outbox.publish(collection, doc_id, pending)
         tombstone, events = erase(raw, self.now())
         envelopes = self.outbox.wrap(events, self.now())
-        self.store.replace(collection, raw, tombstone, envelopes, what)
+        self.store.replace(collection, raw, tombstone, envelopes, what,
+                           published=[e["id"] for e in pending[:sent]])
         self.outbox.publish(collection, doc_id, envelopes)
         return tombstone
 

@@ -82,9 +82,12 @@ class RegistryStore(BaseStore):
         return after
 
     def replace(self, collection: str, raw: Mapping[str, Any], new_doc: dict[str, Any],
-                envelopes: Iterable[Mapping[str, Any]], what: str) -> None:
-        """Swap a document for `new_doc`, keeping events still waiting to be published."""
-        pending = dict(raw.get("outbox") or {})
+                envelopes: Iterable[Mapping[str, Any]], what: str,
+                published: Iterable[str] = ()) -> None:
+        """Swap a document for `new_doc`, keeping events still waiting to be published
+        (all but those just `published`)."""
+        gone = set(published)
+        pending = {k: v for k, v in (raw.get("outbox") or {}).items() if k not in gone}
         doc = new_with_outbox(new_doc, envelopes)
         pending.update(doc["outbox"])
         doc["outbox"], doc["outbox_n"] = pending, len(pending)

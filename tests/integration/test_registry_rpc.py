@@ -127,6 +127,13 @@ def test_erasure_leaves_no_personal_data_anywhere(system: Any, db: Any, tap: Any
     assert exported["data"]["email"] == "Rana@Example.org"
     assert exported["data"]["consent"]["terms_version"] == "2026-01"
 
+    # as if the broker had been down: the profile's events are still in the outbox
+    pending = {"evt_" + "0" * 28: {"n": 0, "event": {**events.wait(1)[0],
+                                                   "id": "evt_" + "0" * 28}}}
+    stored = db("registry")[VOLUNTEERS].find_one({"_id": vol["id"]})
+    stored.update(outbox=pending, outbox_n=1)
+    db("registry")[VOLUNTEERS].replace_one({"_id": vol["id"]}, stored)
+
     system.erase_volunteer(vol["id"])
     with pytest.raises(NotFound):
         system.get_volunteer(vol["id"])
