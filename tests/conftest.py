@@ -35,6 +35,7 @@ def config(store_uri: str, broker_uri: str) -> Iterator[dict[str, Any]]:
         "MONGO_URI": store_uri,
         "MONGO_DB_PREFIX": prefix,
         "METRICS_PORT": 0,
+        "WEB_SERVER_ADDRESS": "127.0.0.1:0",
         "max_workers": 32,
         "serializer": "json",
         "OUTBOX_RELAY_SECONDS": 0.2,

@@ -1,9 +1,13 @@
 """Tasks RPC, event and timer entrypoints: validate → domain → store/slots → reply."""
 from __future__ import annotations
 
+import hashlib
+import secrets
 from typing import Any
 
 from nameko.dependency_providers import Config
+from nameko.web.handlers import http
+from werkzeug.wrappers import Request, Response
 
 from services.common.caller import COORDINATOR, Caller
 from services.common.consumer import consumes
@@ -15,6 +19,7 @@ from services.common.service import ServiceBase, rpc
 from services.common.storage import Store
 from services.common.timers import every
 from services.tasks import domain, events, schemas
+from services.tasks.calendar import volunteer_feed
 from services.tasks.slots import SlotKeeper
 from services.tasks.store import ASSIGNMENTS, ORGANISATIONS, TASKS, VOLUNTEERS, TasksStore
 
@@ -334,6 +339,33 @@ class TasksService(ServiceBase, OutboxRelay):
             raise Forbidden("Not allowed.", {"task_id": ["Give a task or a volunteer."]})
         return [self._reply(a) for a in found]
 
+    # -- calendar feed ----------------------------------------------------------------------
+    @rpc
+    def rotate_calendar_link(self, volunteer_id: Any) -> dict[str, Any]:
+        """A new secret feed URL for the volunteer's calendar app; the old one stops working.
+
+        Only a hash of the token is stored, so the link is shown once, here.
+        """
+        volunteer_id = check_id(volunteer_id, "vol", "volunteer_id")
+        domain.require_self(self.caller, volunteer_id)
+        token = secrets.token_urlsafe(24)
+        self.store.set_calendar_token(volunteer_id, _token_hash(token), self.now())
+        return {"path": f"/calendar/{token}.ics"}
+
+    @http("GET", "/calendar/<string:token>.ics")
+    def calendar_feed(self, request: Request, token: str) -> Response:
+        volunteer_id = self.store.calendar_owner(_token_hash(token))
+        if volunteer_id is None:
+            return Response("unknown or revoked calendar link\n", status=404,
+                            mimetype="text/plain")
+        assignments = self.store.assignments_of("volunteer_id", volunteer_id)
+        tasks = self.store.tasks_by_id({a["task_id"] for a in assignments})
+        entries = [{"assignment_id": a["_id"], "assignment_status": a["status"],
+                    "task": tasks[a["task_id"]]} for a in assignments if a["task_id"] in tasks]
+        body = volunteer_feed(entries, now=self.now(), calendar_name="Sanad")
+        return Response(body, mimetype="text/calendar",
+                        headers={"Cache-Control": "private, max-age=300"})
+
     # -- timers: each step is a conditional write, so replicas never do a job twice ---------
     @every("ASSIGNMENT_TIMER_SECONDS", 5.0)
     def expire_assignments(self) -> None:
@@ -407,6 +439,10 @@ class TasksService(ServiceBase, OutboxRelay):
             slots.release(assignment, "withdrawn", events.ASSIGNMENT_WITHDRAWN,
                           "volunteer erased")
         self.store.erase_volunteer(volunteer_id)
+
+
+def _token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
 
 
 Service = TasksService  # what scripts/run-service.sh starts

@@ -21,6 +21,7 @@ TASKS = "tasks"
 ASSIGNMENTS = "assignments"
 VOLUNTEERS = "volunteers"  # read model from registry events
 ORGANISATIONS = "organisations"  # read model from registry events
+CALENDAR_TOKENS = "calendar_tokens"  # sha256 of each volunteer's secret feed token
 AFTER = ReturnDocument.AFTER
 
 
@@ -37,6 +38,7 @@ class TasksStore(BaseStore):
         Index(ASSIGNMENTS, asc("volunteer_id")),
         Index(ASSIGNMENTS, asc("status")),
         Index(ASSIGNMENTS, asc("due_at")),
+        Index(CALENDAR_TOKENS, asc("volunteer_id"), unique=True),
     )
 
     # -- tasks ------------------------------------------------------------------------
@@ -187,3 +189,18 @@ class TasksStore(BaseStore):
             {"volunteer_id": volunteer_id},
             {"$unset": {"feedback.volunteer.comment": "", "feedback.organisation.comment": "",
                         "notes": ""}})
+        self.db[CALENDAR_TOKENS].delete_many({"volunteer_id": volunteer_id})
+
+    # -- calendar feed tokens -------------------------------------------------------------
+    def set_calendar_token(self, volunteer_id: str, token_hash: str, now: datetime) -> None:
+        """One live token per volunteer: a new one replaces (revokes) the old."""
+        self.db[CALENDAR_TOKENS].delete_many({"volunteer_id": volunteer_id})
+        self.db[CALENDAR_TOKENS].insert_one({"_id": token_hash, "volunteer_id": volunteer_id,
+                                             "created_at": now})
+
+    def calendar_owner(self, token_hash: str) -> str | None:
+        doc = self.db[CALENDAR_TOKENS].find_one({"_id": token_hash})
+        return doc["volunteer_id"] if doc else None
+
+    def tasks_by_id(self, ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+        return {d["_id"]: d for d in self.db[TASKS].find({"_id": {"$in": list(ids)}}, HIDDEN)}

@@ -19,7 +19,8 @@ class ServiceProcess:
         self.env = {**os.environ,
                     "AMQP_URI": config["AMQP_URI"], "MONGO_URI": config["MONGO_URI"],
                     "MONGO_DB_PREFIX": config["MONGO_DB_PREFIX"],
-                    f"{service.upper()}_METRICS_PORT": "0", "OUTBOX_RELAY_SECONDS": "0.3",
+                    f"{service.upper()}_METRICS_PORT": "0",
+                    f"{service.upper()}_HTTP_ADDRESS": "127.0.0.1:0", "OUTBOX_RELAY_SECONDS": "0.3",
                     "OUTBOX_GRACE_SECONDS": "0.5", "LOG_LEVEL": "INFO", **env}
         self.log_path = log_dir / f"{service}-{os.getpid()}-{id(self)}.log"
         self.proc: subprocess.Popen[bytes] | None = None

@@ -256,3 +256,52 @@ def test_invalid_tasks_are_refused_by_field(world: World, patch: dict[str, Any],
         world.task(publish=False, **patch)
     assert [k for k in caught.value.details if k.split(".")[0] == field], caught.value.details
     assert world.db("tasks").tasks.count_documents({}) == 0
+
+
+def http_port(container: Any) -> int:
+    from nameko.web.server import WebServer
+
+    [server] = [e for e in container.subextensions if isinstance(e, WebServer)]
+    return server._sock.getsockname()[1]
+
+
+def test_calendar_feed_at_a_secret_rotatable_url(container_factory: Any,
+                                                 config: dict[str, Any], rpc: Any,
+                                                 db: Any) -> None:
+    import urllib.error
+    import urllib.request
+
+    from icalendar import Calendar
+
+    container_factory(RegistryService, config).start()
+    tasks = container_factory(TasksService, config)
+    tasks.start()
+    world = World(rpc, db)
+    start = (datetime.now(UTC) + timedelta(days=2)).replace(
+        hour=17, minute=0, second=0, microsecond=0, tzinfo=None)
+    task = world.task(slots=2, schedule={
+        "kind": "recurring", "start": start.isoformat(), "rrule": "FREQ=WEEKLY;COUNT=3",
+        "duration_minutes": 60})
+    vol = world.volunteer(1)
+    me = world.as_volunteer(vol)
+    me.accept(task["id"], vol)
+    with pytest.raises(Forbidden):
+        world.as_volunteer(world.volunteer(2)).rotate_calendar_link(vol)
+    link = me.rotate_calendar_link(vol)["path"]
+    base = f"http://127.0.0.1:{http_port(tasks)}"
+    with urllib.request.urlopen(base + link, timeout=5) as resp:
+        assert resp.headers["Content-Type"].startswith("text/calendar")
+        feed = Calendar.from_ical(resp.read())
+    events = [c for c in feed.walk("VEVENT")]
+    assert len(events) == 3
+    assert events[0]["SUMMARY"] == "دعم دراسي في الرياضيات"
+    assert events[0].decoded("DTSTART").hour == 17  # local time, TZID Asia/Beirut
+    assert str(events[0]["DTSTART"].params["TZID"]) == "Asia/Beirut"
+    world.coordinator.cancel_task(task["id"], {"version": 2})
+    with urllib.request.urlopen(base + link, timeout=5) as resp:
+        statuses = {str(e["STATUS"]) for e in Calendar.from_ical(resp.read()).walk("VEVENT")}
+    assert statuses == {"CANCELLED"}
+    me.rotate_calendar_link(vol)
+    with pytest.raises(urllib.error.HTTPError) as gone:
+        urllib.request.urlopen(base + link, timeout=5)
+    assert gone.value.code == 404
