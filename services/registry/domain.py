@@ -467,7 +467,8 @@ def csv_row_to_registration(row: Mapping[str, Any], terms_version: str
 
 # Derived keys kept for indexes and uniqueness; callers see the fields they came from.
 INTERNAL_FIELDS = ("email_norm", "language_codes", "skill_ids", "skill_keys", "country",
-                   "name_key", "contact_email_norm", "member_ids", "credited")
+                   "name_key", "contact_email_norm", "member_ids", "credited",
+                   "feedback_keys")
 
 
 def public_view(doc: Mapping[str, Any]) -> dict[str, Any]:

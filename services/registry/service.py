@@ -29,6 +29,7 @@ SEARCH_ORG = schemas.OrganisationSearchSchema()
 REGISTER_BEN = schemas.RegisterBeneficiarySchema()
 PAGE = schemas.Page()
 IMPORT = schemas.ImportBatchSchema()
+FEEDBACK_EVENT = schemas.FeedbackEventSchema()
 
 
 class RegistryService(ServiceBase, OutboxRelay):
@@ -221,6 +222,14 @@ class RegistryService(ServiceBase, OutboxRelay):
         inc = domain.credit_hours(data.get("hours"), data.get("skills_practised") or [])
         volunteer_id = check_id(data.get("volunteer_id"), "vol", "volunteer_id")
         self.store.credit(volunteer_id, str(data.get("credit_id") or event["id"]), inc)
+
+    @consumes("tasks", "sanad.assignment.feedback_left.v1")
+    def on_feedback_left(self, event: dict[str, Any]) -> None:
+        data = load(FEEDBACK_EVENT, event["data"])
+        entry = {"task_id": data["task_id"], "assignment_id": data["assignment_id"],
+                 "by": data["by"], "rating": data["rating"], "at": event.get("time")}
+        self.store.add_feedback(data["volunteer_id"], f"{data['assignment_id']}:{data['by']}",
+                                entry)
 
     # -- skills --------------------------------------------------------------------------
     @rpc

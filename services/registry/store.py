@@ -96,6 +96,26 @@ class RegistryStore(BaseStore):
         if result.matched_count != 1:
             raise Conflict(f"The {what} changed meanwhile; try again.", {"version": []})
 
+    def add_feedback(self, volunteer_id: str, key: str, entry: Mapping[str, Any]) -> bool:
+        """Ratings the volunteer received or gave, once per assignment and side.
+
+        Read-modify-write under the version, not `$push`: nx-27017 stores pushed
+        sub-documents as JSON strings (docs/store-compatibility.md).
+        """
+        for _ in range(5):  # a concurrent profile update wins the CAS: read again
+            doc = self.db[VOLUNTEERS].find_one({"_id": volunteer_id},
+                                               {"version": 1, "status": 1, "feedback": 1,
+                                                "feedback_keys": 1})
+            if doc is None or doc["status"] not in ("active", "paused") \
+                    or key in doc.get("feedback_keys", []):
+                return False
+            changes = {"feedback": [*doc.get("feedback", []), dict(entry)][-200:],
+                       "feedback_keys": [*doc.get("feedback_keys", []), key][-200:]}
+            if self.compare_and_replace(VOLUNTEERS, volunteer_id, doc["version"], changes,
+                                        []) is not None:
+                return True
+        raise Conflict("The volunteer kept changing; the event will be retried.", {})
+
     def credit(self, volunteer_id: str, credit_id: str, inc: Mapping[str, float]) -> bool:
         """Add verified hours once per credit id, even if the event is handled twice."""
         result = self.db[VOLUNTEERS].update_one(

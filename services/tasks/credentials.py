@@ -50,15 +50,15 @@ TEXTS: dict[str, dict[str, str]] = {
              "fr": "Bénévolat vérifié : {title}"},
     "description": {
         "ar": "مساهمة تطوعية في مهمة لدى {organisation}، تحقّق منها منسّقوها. {description}",
-        "en": "A volunteer contribution to a task of {organisation}, verified by its "
-              "coordinators. {description}",
-        "fr": "Une contribution bénévole à une mission de {organisation}, vérifiée par ses "
-              "coordinateurs. {description}"},
+        "en": "A volunteer contribution to a task offered by {organisation}, verified by "
+              "its coordinators. {description}",
+        "fr": "Une contribution bénévole à une mission proposée par {organisation}, vérifiée "
+              "par ses coordinateurs. {description}"},
     "narrative": {
         "ar": "أنجز المتطوّع المهمة وتحقّق منسّق من {organisation} من الساعات التي سجّلها.",
         "en": "The volunteer completed the task and a coordinator of {organisation} verified "
               "the hours they logged.",
-        "fr": "Le bénévole a accompli la mission et un coordinateur de {organisation} a vérifié "
+        "fr": "Le bénévole a accompli la mission et l'organisation {organisation} a vérifié "
               "les heures déclarées."},
     "hours": {"ar": "ساعات التطوّع الموثّقة", "en": "Verified volunteering hours",
               "fr": "Heures de bénévolat vérifiées"},
@@ -73,9 +73,9 @@ class KeyRing:
                  active_kid: str | None = None) -> None:
         self.active_kid = active_kid or max(keys, default="")  # date-named: the newest signs
         if self.active_kid not in keys:
-            raise ValueError(f"No signing key {self.active_kid!r}.")
+            raise ValueError(f"No signing key {self.active_kid!r}." if keys else "No keys.")
         self._keys = dict(keys)
-        self._jwks = {}
+        self._jwks: dict[str, dict[str, Any]] = {}
         for kid, key in sorted(keys.items()):
             public = RSAAlgorithm.to_jwk(key.public_key(), as_dict=True)
             self._jwks[kid] = {"kty": "RSA", "n": public["n"], "e": public["e"], "kid": kid,
@@ -164,11 +164,11 @@ def build_credential(*, credential_id: str, issuer: Mapping[str, Any],
 def sign(credential: Mapping[str, Any], keyring: KeyRing) -> str:
     """OB 3.0 VC-JWT: the payload is the credential itself plus iss/sub/jti/nbf(/exp)."""
     claims = {**credential, "iss": _id_of(credential["issuer"]), "jti": credential["id"],
-              "nbf": int(_parse_time(credential["validFrom"]).timestamp())}
+              "nbf": int(_moments(credential["validFrom"])[0].timestamp())}
     if subject_id := _id_of(credential["credentialSubject"]):
         claims["sub"] = subject_id
     if credential.get("validUntil"):
-        claims["exp"] = int(_parse_time(credential["validUntil"]).timestamp())
+        claims["exp"] = int(_moments(credential["validUntil"])[0].timestamp())
     key, jwk = keyring.active()
     # Raw UTF-8, not PyJWT's \u escapes, which would triple the size of Arabic text.
     body = json.dumps(claims, ensure_ascii=False, separators=(",", ":")).encode()
@@ -265,14 +265,16 @@ def _check_credential(claims: Mapping[str, Any], now: datetime) -> None:
 
 
 def _check_window(doc: Mapping[str, Any], now: datetime) -> None:
-    starts = [_parse_time(doc["validFrom"])] if "validFrom" in doc else []
-    ends = [_parse_time(doc["validUntil"])] if "validUntil" in doc else []
-    starts += [datetime.fromtimestamp(doc["nbf"], UTC)] if "nbf" in doc else []
-    ends += [datetime.fromtimestamp(doc["exp"], UTC)] if "exp" in doc else []
-    if any(start > now + LEEWAY for start in starts):
+    if any(start > now + LEEWAY for start in _moments(doc.get("validFrom"), doc.get("nbf"))):
         raise _Invalid("Not valid yet.")
-    if any(end < now - LEEWAY for end in ends):
+    if any(end < now - LEEWAY for end in _moments(doc.get("validUntil"), doc.get("exp"))):
         raise _Invalid("Expired.")
+
+
+def _moments(*values: Any) -> list[datetime]:
+    """ISO 8601 (a naive one then fails to compare: reported malformed) or JWT seconds."""
+    return [datetime.fromisoformat(value) if isinstance(value, str)
+            else datetime.fromtimestamp(value, UTC) for value in values if value is not None]
 
 
 def _revoked(credential: Mapping[str, Any], jwks: Mapping[str, Any],
@@ -283,22 +285,31 @@ def _revoked(credential: Mapping[str, Any], jwks: Mapping[str, Any],
             raise _Invalid(f"Unsupported credentialStatus {entry.get('type')!r}.")
         url = entry["statusListCredential"]
         try:
-            served = status_lists(url)
-        except Exception as exc:  # whatever a fetch raises, fail closed
-            raise _Invalid(f"Status list {url} unavailable: {exc}") from None
-        if served is None:
-            raise _Invalid(f"Status list {url} unavailable.")
-        doc = _verified_claims(served, jwks) if isinstance(served, str) else served
-        if doc.get("id") != url or "BitstringStatusListCredential" not in _listed(doc["type"]):
-            raise _Invalid(f"The status list given is not {url}.")
-        if _id_of(doc.get("issuer")) != _id_of(credential.get("issuer")):
-            raise _Invalid("The status list has another issuer.")
-        _check_window(doc, now)
-        if doc["credentialSubject"].get("statusPurpose") != entry.get("statusPurpose"):
-            raise _Invalid("The status list is for another purpose.")
-        revoked |= is_set(doc["credentialSubject"]["encodedList"],
-                          int(entry["statusListIndex"]))
+            revoked |= is_set(_status_list(url, status_lists, jwks, now, credential, entry),
+                              int(entry["statusListIndex"]))
+        except _Invalid as exc:
+            raise _Invalid(f"Status list {url}: {exc}") from None
     return revoked
+
+
+def _status_list(url: str, status_lists: StatusLists, jwks: Mapping[str, Any], now: datetime,
+                 credential: Mapping[str, Any], entry: Mapping[str, Any]) -> str:
+    """The encodedList of the list `entry` points to, once the list has earned trust."""
+    try:
+        served = status_lists(url)
+    except Exception as exc:  # whatever a fetch raises, fail closed
+        raise _Invalid(f"Unavailable ({exc}).") from None
+    if served is None:
+        raise _Invalid("Unavailable.")
+    doc = _verified_claims(served, jwks) if isinstance(served, str) else served
+    if doc.get("id") != url or "BitstringStatusListCredential" not in _listed(doc["type"]):
+        raise _Invalid("Another list was given.")
+    if _id_of(doc.get("issuer")) != _id_of(credential.get("issuer")):
+        raise _Invalid("Issued by someone else.")
+    _check_window(doc, now)
+    if doc["credentialSubject"].get("statusPurpose") != entry.get("statusPurpose"):
+        raise _Invalid("For another purpose.")
+    return str(doc["credentialSubject"]["encodedList"])
 
 
 def encode_bits(set_indices: Iterable[int], size: int = STATUS_LIST_BITS) -> str:
@@ -383,13 +394,6 @@ def _iso(moment: datetime) -> str:
     if moment.tzinfo is None:
         raise ValueError("Pass an aware datetime.")
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _parse_time(text: str) -> datetime:
-    moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    if moment.tzinfo is None:
-        raise ValueError(f"{text!r} has no UTC offset.")
-    return moment
 
 
 def main(argv: list[str] | None = None) -> int:

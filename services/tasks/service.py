@@ -260,8 +260,12 @@ class TasksService(ServiceBase, OutboxRelay):
         assignment = self._assignment(assignment_id)
         self._own_or_coordinator(assignment)
         set_ = domain.move(assignment, "active", self.now(), started_at=self.now())
-        return self._write(assignment, set_, domain.assignment_event(
+        reply = self._write(assignment, set_, domain.assignment_event(
             events.ASSIGNMENT_STARTED, assignment), unset=("due_at",))
+        # the first volunteer starting puts the task in progress (once, whoever wins)
+        self.store.set_status_if(assignment["task_id"],
+                                 {"status": {"$in": ["open", "filled"]}}, "in_progress", [])
+        return reply
 
     def _write(self, assignment: dict[str, Any], set_: dict[str, Any], event: Any,
                unset: tuple[str, ...] = ()) -> dict[str, Any]:

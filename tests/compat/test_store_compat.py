@@ -205,3 +205,35 @@ def test_booleans_set_by_update(db: Database, is_nx: bool) -> None:
         assert doc["bare"] == 1 and doc["bare"] is not True
     else:
         assert doc["bare"] is True
+
+
+def test_push_of_subdocuments(db: Database, is_nx: bool) -> None:
+    """Deviation: nx-27017 stores sub-documents added by `$push` as JSON strings.
+
+    Sanad pushes only strings (holders, waitlists, credit ids); lists of sub-documents
+    are rewritten whole under a version check (`compare_and_replace`).
+    """
+    db.p.insert_one({"_id": "1", "subs": [], "ids": []})
+    db.p.update_one({"_id": "1"}, {"$push": {"subs": {"a": 1}, "ids": "k1"}})
+    doc = db.p.find_one({"_id": "1"})
+    assert doc["ids"] == ["k1"]
+    if is_nx:
+        assert doc["subs"] == ['{"a":1}']
+    else:
+        assert doc["subs"] == [{"a": 1}]
+
+
+def test_datetimes_written_by_set(db: Database, is_nx: bool) -> None:
+    """Deviation: nx-27017 stores a bare datetime written by `$set` as a string."""
+    db.d.insert_one({"_id": "1", "v": 1})
+    db.d.update_one({"_id": "1"}, {"$set": {"at": NOW}})
+    stored = db.d.find_one({"_id": "1"})["at"]
+    if is_nx:
+        assert isinstance(stored, str)
+    else:
+        assert stored == NOW
+    store = BaseStore(db)
+    after = store.compare_and_replace("d", "1", 1, {"at": NOW, "flag": True}, [])
+    assert after is not None and after["at"] == NOW and after["flag"] is True
+    assert after["version"] == 2
+    assert store.compare_and_replace("d", "1", 1, {"at": NOW}, []) is None  # stale

@@ -186,6 +186,12 @@ def test_hours_are_verified_and_credited_in_the_registry(world: World) -> None:
     assert feedback["feedback"]["volunteer"]["rating"] == 5
     with pytest.raises(Conflict):
         me.leave_feedback(assignment["id"], {"rating": 4})
+    world.coordinator.leave_feedback(assignment["id"], {"rating": 4, "comment": "reliable"})
+    shown = wait_for(lambda: len(world.registry.get_volunteer(vol).get("feedback", [])) == 2
+                     and world.registry.get_volunteer(vol)["feedback"])
+    assert sorted((f["by"], f["rating"]) for f in shown) == [("organisation", 4),
+                                                             ("volunteer", 5)]
+    assert "reliable" not in repr(shown)  # comments stay with the tasks service
 
 
 def test_offers_expire_on_the_timer(world: World, platform: dict[str, Any]) -> None:
