@@ -225,7 +225,7 @@ def test_push_of_subdocuments(db: Database, is_nx: bool) -> None:
 
 def test_datetimes_written_by_set(db: Database, is_nx: bool) -> None:
     """Deviation: nx-27017 stores a bare datetime written by `$set` as a string."""
-    db.d.insert_one({"_id": "1", "v": 1})
+    db.d.insert_one({"_id": "1", "version": 1})
     db.d.update_one({"_id": "1"}, {"$set": {"at": NOW}})
     stored = db.d.find_one({"_id": "1"})["at"]
     if is_nx:
