@@ -27,8 +27,14 @@ def broker_uri() -> Iterator[str]:
         yield uri
 
 
+@pytest.fixture(scope="session")
+def keys_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Credential signing keys for the run (the service makes the first one)."""
+    return str(tmp_path_factory.mktemp("keys"))
+
+
 @pytest.fixture
-def config(store_uri: str, broker_uri: str) -> Iterator[dict[str, Any]]:
+def config(store_uri: str, broker_uri: str, keys_dir: str) -> Iterator[dict[str, Any]]:
     prefix = f"t{secrets.token_hex(4)}_"
     yield {
         "AMQP_URI": broker_uri,
@@ -36,6 +42,8 @@ def config(store_uri: str, broker_uri: str) -> Iterator[dict[str, Any]]:
         "MONGO_DB_PREFIX": prefix,
         "METRICS_PORT": 0,
         "WEB_SERVER_ADDRESS": "127.0.0.1:0",
+        "CREDENTIAL_KEYS_DIR": keys_dir,
+        "CREDENTIAL_KEYS_AUTOGEN": True,
         "max_workers": 32,
         "serializer": "json",
         "OUTBOX_RELAY_SECONDS": 0.2,

@@ -133,7 +133,7 @@ def build_credential(*, credential_id: str, issuer: Mapping[str, Any],
     task = f"urn:sanad:task:{_opaque(achievement['task_id'], 'task_id')}"
     labels = [skill["labels"] for skill in achievement.get("skills") or []]
     return {
-        "@context": [VC_CONTEXT, OB_CONTEXT, LANGUAGE_MAPS],
+        "@context": [VC_CONTEXT, OB_CONTEXT, {k: dict(v) for k, v in LANGUAGE_MAPS.items()}],
         "id": f"urn:uuid:{uuid.UUID(credential_id.removeprefix('urn:uuid:'))}",
         "type": ["VerifiableCredential", "OpenBadgeCredential"],
         "issuer": _profile(issuer, str(issuer["id"])), "validFrom": _iso(now),

@@ -29,6 +29,8 @@ HOURS_SUBMITTED = "sanad.assignment.hours_submitted.v1"
 HOURS_VERIFIED = "sanad.assignment.hours_verified.v1"
 HOURS_REJECTED = "sanad.assignment.hours_rejected.v1"
 FEEDBACK_LEFT = "sanad.assignment.feedback_left.v1"
+CREDENTIAL_ISSUED = "sanad.credential.issued.v1"
+CREDENTIAL_REVOKED = "sanad.credential.revoked.v1"
 
 
 class _Data(Schema):
@@ -95,6 +97,16 @@ class FeedbackLeft(AssignmentChanged):
     rating = fields.Integer(required=True)
 
 
+class CredentialChanged(_Data):
+    credential_id = fields.String(required=True)
+    assignment_id = fields.String(required=True)
+    task_id = fields.String(required=True)
+    volunteer_id = fields.String(required=True)
+    organisation_id = fields.String(required=True)
+    hours = fields.Float()
+    reason = fields.String(allow_none=True)
+
+
 PAYLOADS: dict[str, type[Schema]] = {
     **{t: TaskChanged for t in (TASK_PUBLISHED, TASK_UPDATED, TASK_CANCELLED, TASK_COMPLETED,
                                  TASK_EXPIRED)},
@@ -106,4 +118,6 @@ PAYLOADS: dict[str, type[Schema]] = {
                                        ASSIGNMENT_NO_SHOW)},
     **{t: HoursChanged for t in (HOURS_SUBMITTED, HOURS_VERIFIED, HOURS_REJECTED)},
     FEEDBACK_LEFT: FeedbackLeft,
+    CREDENTIAL_ISSUED: CredentialChanged,
+    CREDENTIAL_REVOKED: CredentialChanged,
 }

@@ -2,26 +2,41 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import logging
 import secrets
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from nameko.dependency_providers import Config
+from nameko.extensions import DependencyProvider
+from nameko.rpc import RpcProxy
 from nameko.web.handlers import http
 from werkzeug.wrappers import Request, Response
 
 from services.common.caller import COORDINATOR, Caller
 from services.common.consumer import consumes
-from services.common.errors import Conflict, Forbidden
+from services.common.envelope import DomainEvent
+from services.common.errors import Conflict, Forbidden, ValidationError
 from services.common.ids import check_id, new_id
 from services.common.outbox import Outbox, OutboxRelay
 from services.common.schemas import load, to_wire
 from services.common.service import ServiceBase, rpc
 from services.common.storage import Store
 from services.common.timers import every
-from services.tasks import domain, events, schemas
+from services.tasks import credentials, domain, events, schemas
 from services.tasks.calendar import volunteer_feed
 from services.tasks.slots import SlotKeeper
-from services.tasks.store import ASSIGNMENTS, ORGANISATIONS, TASKS, VOLUNTEERS, TasksStore
+from services.tasks.store import (
+    ASSIGNMENTS,
+    CREDENTIALS,
+    ORGANISATIONS,
+    TASKS,
+    VOLUNTEERS,
+    TasksStore,
+)
 
 CREATE = schemas.CreateTaskSchema()
 UPDATE = schemas.UpdateTaskSchema()
@@ -33,6 +48,31 @@ DECISION = schemas.HoursDecisionSchema()
 FEEDBACK = schemas.FeedbackSchema()
 TIMER_BATCH = 200
 REGISTRY = "registry"
+log = logging.getLogger(__name__)
+
+
+class SigningKeys(DependencyProvider):
+    """The credential signing keys (PEM files in CREDENTIAL_KEYS_DIR), loaded once.
+
+    With CREDENTIAL_KEYS_AUTOGEN (local runs and tests) a first key is made when the
+    folder is empty; production mounts its keys (a Kubernetes secret) and turns it off.
+    """
+
+    def setup(self) -> None:
+        config = self.container.config
+        directory = Path(config.get("CREDENTIAL_KEYS_DIR", ".data/keys"))
+        if not any(directory.glob("*.pem")):
+            if not config.get("CREDENTIAL_KEYS_AUTOGEN", False):
+                raise RuntimeError(f"no credential signing keys in {directory}")
+            directory.mkdir(parents=True, exist_ok=True)
+            kid = datetime.now(UTC).strftime("%Y-%m-%d")
+            credentials.generate_key(directory, kid)
+            log.warning("generated credential signing key %s in %s", kid, directory)
+        self.keyring = credentials.KeyRing.load(
+            directory, config.get("CREDENTIAL_ACTIVE_KID") or None)
+
+    def get_dependency(self, worker_ctx: Any) -> credentials.KeyRing:
+        return self.keyring
 
 
 class TasksService(ServiceBase, OutboxRelay):
@@ -41,6 +81,8 @@ class TasksService(ServiceBase, OutboxRelay):
     store: TasksStore = Store(TasksStore)
     outbox = Outbox()
     config = Config()
+    keys = SigningKeys()
+    registry = RpcProxy("registry")
     caller: Caller
 
     # -- plumbing ----------------------------------------------------------------------
@@ -343,6 +385,106 @@ class TasksService(ServiceBase, OutboxRelay):
             raise Forbidden("Not allowed.", {"task_id": ["Give a task or a volunteer."]})
         return [self._reply(a) for a in found]
 
+    # -- Open Badges 3.0 credentials -------------------------------------------------------
+    def _public_url(self, path: str) -> str:
+        return str(self.config.get("PUBLIC_URL", "http://127.0.0.1:8102")).rstrip("/") + path
+
+    def _issuer(self) -> dict[str, Any]:
+        return {"id": self._public_url("/"), "name": self.config.get("ISSUER_NAME", "Sanad")}
+
+    @rpc
+    def issue_credential(self, assignment_id: Any) -> dict[str, Any]:
+        """A signed OpenBadgeCredential (VC-JWT) for the volunteer's verified hours."""
+        assignment = self._assignment(assignment_id)
+        domain.require_self(self.caller, assignment["volunteer_id"])
+        hours = domain.verified_hours(assignment)
+        if hours <= 0:
+            raise Conflict("Credentials are issued for verified hours only.",
+                           {"hours": ["No verified hours on this assignment yet."]})
+        for held in self.store.credentials_of(assignment["_id"]):
+            if held["status"] == "active" and held["hours"] == hours:
+                return self._credential_reply(held)  # nothing new to attest
+        task = self.store.task(assignment["task_id"])
+        org = self.store.snapshot(ORGANISATIONS, task["organisation_id"]) or {}
+        list_id, index = self.store.next_status_slot()
+        credential_id = f"urn:uuid:{uuid.uuid4()}"
+        credential = credentials.build_credential(
+            credential_id=credential_id, issuer=self._issuer(),
+            organisation={"id": task["organisation_id"],
+                          "name": org.get("name") or task["organisation_id"]},
+            volunteer_id=assignment["volunteer_id"],
+            achievement={"task_id": task["_id"], "title": task["title"],
+                         "description": task.get("description") or "",
+                         "skills": self._skill_labels(task.get("skills_practised", [])),
+                         "hours": hours},
+            status={"list_url": self._public_url(f"/credentials/status/{list_id}"),
+                    "index": index},
+            now=self.now())
+        token = credentials.sign(credential, self.keys)
+        doc = {"_id": credential_id, "assignment_id": assignment["_id"],
+               "task_id": task["_id"], "volunteer_id": assignment["volunteer_id"],
+               "organisation_id": task["organisation_id"], "hours": hours,
+               "list_id": list_id, "index": index, "status": "active", "version": 1,
+               "issued_at": self.now(), "kid": self.keys.active_kid, "token": token}
+        event = DomainEvent(events.CREDENTIAL_ISSUED, credential_id, _credential_data(doc))
+        envelopes = self.outbox.wrap([event], self.now())
+        self.store.insert_credential(doc, envelopes)
+        self.outbox.publish(CREDENTIALS, credential_id, envelopes)
+        return self._credential_reply(doc)
+
+    def _credential_reply(self, doc: dict[str, Any]) -> dict[str, Any]:
+        return to_wire({"credential_id": doc["_id"], "status": doc["status"],
+                        "hours": doc["hours"], "token": doc["token"],
+                        "jwks_url": self._public_url("/credentials/jwks.json")})
+
+    def _skill_labels(self, skill_ids: list[str]) -> list[dict[str, Any]]:
+        """Skill names in the three languages, from the registry's taxonomy."""
+        labels: dict[str, dict[str, str]] = {skill: {} for skill in skill_ids}
+        for lang in ("ar", "en", "fr"):
+            for skill in self.registry.list_skills(lang):
+                if skill["id"] in labels:
+                    labels[skill["id"]][lang] = skill["label"]
+        return [{"id": skill, "labels": names or {"en": skill}}
+                for skill, names in labels.items()]
+
+    @rpc
+    def revoke_credential(self, credential_id: Any, data: Any) -> dict[str, Any]:
+        """Withdraw a credential (hours later found false): the status list shows it."""
+        payload = load(VERSION, data)
+        if not isinstance(credential_id, str) or len(credential_id) > 60:
+            raise ValidationError("Invalid input.", {"credential_id": ["Not a credential id."]})
+        held = self.store.credential(credential_id)
+        domain.require_org_member(self.caller, held["organisation_id"])
+        if held["status"] == "revoked":
+            return self._credential_reply(held)
+        event = DomainEvent(events.CREDENTIAL_REVOKED, credential_id,
+                            {**_credential_data(held), "reason": payload["reason"]})
+        envelopes = self.outbox.wrap([event], self.now())
+        after = self.store.compare_and_replace(
+            CREDENTIALS, credential_id, payload["version"],
+            {"status": "revoked", "revoked_at": self.now(), "reason": payload["reason"]},
+            envelopes)
+        if after is None:
+            raise Conflict("The credential changed meanwhile.", {"version": []})
+        self.outbox.publish(CREDENTIALS, credential_id, envelopes)
+        return self._credential_reply(after)
+
+    @http("GET", "/credentials/jwks.json")
+    def jwks(self, request: Request) -> Response:
+        """Every key that ever signed, so credentials outlive key rotation."""
+        return Response(json.dumps(self.keys.jwks()), mimetype="application/jwk-set+json",
+                        headers={"Cache-Control": "public, max-age=300"})
+
+    @http("GET", "/credentials/status/<int:list_id>")
+    def status_list(self, request: Request, list_id: int) -> Response:
+        """The W3C Bitstring Status List, signed like the credentials it covers."""
+        encoded = credentials.encode_bits(self.store.revoked_indices(list_id))
+        document = credentials.status_list_credential(
+            self._public_url(f"/credentials/status/{list_id}"), self._issuer(), encoded,
+            self.now(), valid_until=self.now() + timedelta(days=1))
+        return Response(credentials.sign(document, self.keys), mimetype="application/vc+jwt",
+                        headers={"Cache-Control": "public, max-age=60"})
+
     # -- calendar feed ----------------------------------------------------------------------
     @rpc
     def rotate_calendar_link(self, volunteer_id: Any) -> dict[str, Any]:
@@ -443,6 +585,11 @@ class TasksService(ServiceBase, OutboxRelay):
             slots.release(assignment, "withdrawn", events.ASSIGNMENT_WITHDRAWN,
                           "volunteer erased")
         self.store.erase_volunteer(volunteer_id)
+
+
+def _credential_data(doc: dict[str, Any]) -> dict[str, Any]:
+    return {"credential_id": doc["_id"], **{k: doc[k] for k in (
+        "assignment_id", "task_id", "volunteer_id", "organisation_id", "hours")}}
 
 
 def _token_hash(token: str) -> str:

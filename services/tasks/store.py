@@ -22,11 +22,14 @@ ASSIGNMENTS = "assignments"
 VOLUNTEERS = "volunteers"  # read model from registry events
 ORGANISATIONS = "organisations"  # read model from registry events
 CALENDAR_TOKENS = "calendar_tokens"  # sha256 of each volunteer's secret feed token
+CREDENTIALS = "credentials"
+COUNTERS = "counters"
+STATUS_LIST_SIZE = 131072  # bits per W3C Bitstring Status List (the spec's minimum)
 AFTER = ReturnDocument.AFTER
 
 
 class TasksStore(BaseStore):
-    OUTBOX_COLLECTIONS = (TASKS, ASSIGNMENTS)
+    OUTBOX_COLLECTIONS = (TASKS, ASSIGNMENTS, CREDENTIALS)
     INDEXES = (
         Index(TASKS, asc("status")),
         Index(TASKS, asc("organisation_id")),
@@ -39,6 +42,8 @@ class TasksStore(BaseStore):
         Index(ASSIGNMENTS, asc("status")),
         Index(ASSIGNMENTS, asc("due_at")),
         Index(CALENDAR_TOKENS, asc("volunteer_id"), unique=True),
+        Index(CREDENTIALS, asc("assignment_id")),
+        Index(CREDENTIALS, asc("list_id")),
     )
 
     # -- tasks ------------------------------------------------------------------------
@@ -204,3 +209,33 @@ class TasksStore(BaseStore):
 
     def tasks_by_id(self, ids: Iterable[str]) -> dict[str, dict[str, Any]]:
         return {d["_id"]: d for d in self.db[TASKS].find({"_id": {"$in": list(ids)}}, HIDDEN)}
+
+    # -- credentials ------------------------------------------------------------------------
+    def next_status_slot(self) -> tuple[int, int]:
+        """(status list id, index in it) for a new credential: a counter, so never reused."""
+        try:
+            self.db[COUNTERS].insert_one({"_id": "credential_status", "next": 0})
+        except DuplicateKeyError:
+            pass
+        after = self.db[COUNTERS].find_one_and_update(
+            {"_id": "credential_status"}, {"$inc": {"next": 1}}, return_document=AFTER)
+        n = after["next"] - 1
+        return n // STATUS_LIST_SIZE + 1, n % STATUS_LIST_SIZE
+
+    def insert_credential(self, doc: dict[str, Any],
+                          envelopes: Iterable[Mapping[str, Any]]) -> None:
+        self.db[CREDENTIALS].insert_one(new_with_outbox(doc, envelopes))
+
+    def credential(self, credential_id: str) -> dict[str, Any]:
+        doc = self.db[CREDENTIALS].find_one({"_id": credential_id}, HIDDEN)
+        if doc is None:
+            raise NotFound("No such credential.", {"credential_id": [credential_id]})
+        return doc
+
+    def credentials_of(self, assignment_id: str) -> list[dict[str, Any]]:
+        return list(self.db[CREDENTIALS].find({"assignment_id": assignment_id}, HIDDEN))
+
+    def revoked_indices(self, list_id: int) -> list[int]:
+        return [d["index"] for d in self.db[CREDENTIALS].find(
+            {"list_id": list_id, "status": "revoked"}, {"index": 1})]
+

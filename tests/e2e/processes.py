@@ -21,7 +21,8 @@ class ServiceProcess:
                     "MONGO_DB_PREFIX": config["MONGO_DB_PREFIX"],
                     f"{service.upper()}_METRICS_PORT": "0",
                     f"{service.upper()}_HTTP_ADDRESS": "127.0.0.1:0", "OUTBOX_RELAY_SECONDS": "0.3",
-                    "OUTBOX_GRACE_SECONDS": "0.5", "LOG_LEVEL": "INFO", **env}
+                    "OUTBOX_GRACE_SECONDS": "0.5", "LOG_LEVEL": "INFO",
+                    "CREDENTIAL_KEYS_DIR": str(config["CREDENTIAL_KEYS_DIR"]), **env}
         self.log_path = log_dir / f"{service}-{os.getpid()}-{id(self)}.log"
         self.proc: subprocess.Popen[bytes] | None = None
 

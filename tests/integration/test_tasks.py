@@ -1,6 +1,7 @@
 """Tasks service with the registry, in-process, on the real broker and store."""
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -311,3 +312,67 @@ def test_calendar_feed_at_a_secret_rotatable_url(container_factory: Any,
     with pytest.raises(urllib.error.HTTPError) as gone:
         urllib.request.urlopen(base + link, timeout=5)
     assert gone.value.code == 404
+
+
+def test_open_badges_credential_issued_verified_and_revoked(container_factory: Any,
+                                                             config: dict[str, Any],
+                                                             rpc: Any, db: Any) -> None:
+    import urllib.request
+
+    import jwt
+    from jwt.algorithms import RSAAlgorithm
+    from openbadgeslib.ob3.verifier import OB3Verifier
+
+    from services.tasks import credentials
+
+    container_factory(RegistryService, config).start()
+    tasks = container_factory(TasksService, config)
+    tasks.start()
+    base = f"http://127.0.0.1:{http_port(tasks)}"
+    world = World(rpc, db)
+    task = world.task(slots=1)
+    vol = world.volunteer(1)
+    me = world.as_volunteer(vol)
+    assignment = me.accept(task["id"], vol)
+    logged = me.submit_hours(assignment["id"], {"hours": 3})
+    with pytest.raises(Conflict):  # nothing verified yet
+        me.issue_credential(assignment["id"])
+    world.coordinator.verify_hours(assignment["id"],
+                                   {"entry_id": logged["hours"][0]["entry_id"]})
+    issued = me.issue_credential(assignment["id"])
+    assert me.issue_credential(assignment["id"])["credential_id"] == issued["credential_id"]
+
+    def fetch(url: str) -> bytes:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return resp.read()
+
+    jwks = json.loads(fetch(base + "/credentials/jwks.json"))
+    served = {}
+
+    def status_lists(url: str) -> str:
+        path = url.split("127.0.0.1:8102", 1)[-1]  # the configured public URL
+        served[url] = fetch(base + path).decode()
+        return served[url]
+
+    now = datetime.now(UTC)
+    report = credentials.verify(issued["token"], jwks, status_lists, now=now)
+    assert report["valid"] and report["revoked"] is False, report["errors"]
+    subject = report["credential"]["credentialSubject"]
+    assert subject["id"] == f"urn:sanad:volunteer:{vol}"
+    assert subject["result"][0]["value"] == "3"
+    achievement = subject["achievement"]
+    assert achievement["creator"]["name"] == "Tutors Without Borders"
+    # skill names in the three languages, from the registry's taxonomy
+    assert {"تدريس الرياضيات", "Mathematics tutoring", "Soutien en mathématiques",
+            "Online collaboration"} <= set(achievement["tag"])
+
+    # the independent Open Badges 3.0 verifier, with the key named in the token
+    [jwk] = [k for k in jwks["keys"] if k["kid"] == jwt.get_unverified_header(
+        issued["token"])["kid"]]
+    checked = OB3Verifier(pubkey_pem=RSAAlgorithm.from_jwk(jwk)).verify(issued["token"])
+    assert checked is not None  # it raises OB3VerificationError when it refuses
+
+    world.coordinator.revoke_credential(issued["credential_id"],
+                                        {"version": 1, "reason": "hours were not real"})
+    revoked = credentials.verify(issued["token"], jwks, status_lists, now=now)
+    assert revoked["revoked"] is True and revoked["valid"] is False

@@ -27,8 +27,9 @@ from services.tasks import credentials as cr
 
 NOW = datetime(2026, 11, 24, 9, 30, tzinfo=UTC)
 LIST_URL = "https://sanad.example/credentials/status/1"
-ISSUER = {"id": "https://sanad.example", "name": {"ar": "سند", "en": "Sanad", "fr": "Sanad"}}
-ORGANISATION = {"id": "org_" + "a" * 28, "name": {
+ISSUER: dict[str, Any] = {"id": "https://sanad.example",
+                          "name": {"ar": "سند", "en": "Sanad", "fr": "Sanad"}}
+ORGANISATION: dict[str, Any] = {"id": "org_" + "a" * 28, "name": {
     "ar": "جمعية الأمل", "en": "Hope Association", "fr": "Association Espoir"}}
 SKILLS = [
     {"id": "digital-literacy", "labels": {
