@@ -108,3 +108,54 @@ def test_killed_process_loses_no_event_and_consumer_sees_it_once(
 def consumer_store(container: Any) -> SeenStore:
     [store] = [d.store for d in container.dependencies if isinstance(d, Store)]
     return store
+
+
+class TaskWatcher:
+    """A partner consuming the tasks service's events, once each."""
+
+    name = "e2e_task_watcher"
+    store = Store(SeenStore)
+
+    @consumes("tasks", "sanad.task.published.v1")
+    def on_published(self, event: dict[str, Any]) -> None:
+        self.store.record(event)
+
+
+def test_tasks_killed_after_write_still_publishes_once(config: dict[str, Any],
+                                                       container_factory: Any,
+                                                       processes: list[ServiceProcess],
+                                                       db: Any, tmp_path: Path) -> None:
+    watcher = container_factory(TaskWatcher, config)
+    watcher.start()
+    org_id = "org_" + "a" * 28
+    db("tasks").organisations.insert_one({"_id": org_id, "status": "verified", "version": 2,
+                                          "name": "Known NGO"})
+    doomed = ServiceProcess("tasks", config, tmp_path,
+                            SANAD_FAILPOINTS="outbox.after_write").start()
+    processes.append(doomed)
+    coordinator = caller_context("u_c", ["coordinator"], [org_id])
+    wait_for(lambda: _ping_tasks(config), timeout=60)
+    with ClusterRpcProxy(config, timeout=30, context_data=coordinator) as rpc:
+        task = rpc.tasks.create_task({
+            "organisation_id": org_id, "title": "Check-in calls",
+            "category": "psychosocial_support", "timezone": "Africa/Cairo",
+            "schedule": {"kind": "deadline", "due": "2099-01-01T12:00"}})
+        rpc.tasks.publish_task.call_async(task["id"], {"version": 1})
+        assert doomed.wait_exit(60) == -signal.SIGKILL, doomed.log()
+    stored = db("tasks").tasks.find_one({"_id": task["id"]})
+    assert stored["status"] == "open" and stored["outbox_n"] == 1
+
+    processes.append(ServiceProcess("tasks", config, tmp_path).start())
+    [seen] = wait_for(lambda: [s for s in consumer_store(watcher).seen()
+                               if s["subject"] == task["id"]], timeout=60)
+    assert seen["handled"] == 1
+
+
+def _ping_tasks(config: dict[str, Any]) -> bool:
+    try:
+        with ClusterRpcProxy(config, timeout=2,
+                             context_data=caller_context(None, ["system"])) as rpc:
+            rpc.tasks.search_tasks({})
+        return True
+    except Exception:  # noqa: BLE001 - not up yet
+        return False
