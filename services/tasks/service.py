@@ -217,8 +217,8 @@ class TasksService(ServiceBase, OutboxRelay):
     @rpc
     def accept(self, task_id: Any, volunteer_id: Any) -> dict[str, Any]:
         """Take a slot: accept an offer, or sign up directly while slots are free."""
-        task = self._task(task_id)
         volunteer_id = check_id(volunteer_id, "vol", "volunteer_id")
+        task = self._task(task_id)
         existing = self.store.live_assignment(domain.live_key(task["_id"], volunteer_id))
         if existing and existing["status"] == "applied":
             domain.require_org_member(self.caller, task["organisation_id"])  # approval
@@ -229,6 +229,7 @@ class TasksService(ServiceBase, OutboxRelay):
 
     @rpc
     def apply(self, task_id: Any, volunteer_id: Any) -> dict[str, Any]:
+        check_id(volunteer_id, "vol", "volunteer_id")
         task = self._task(task_id)
         volunteer_id = self._volunteer_action(task, volunteer_id)
         if task["status"] not in domain.CLAIMABLE:
@@ -263,6 +264,7 @@ class TasksService(ServiceBase, OutboxRelay):
 
     @rpc
     def join_waitlist(self, task_id: Any, volunteer_id: Any) -> dict[str, Any]:
+        check_id(volunteer_id, "vol", "volunteer_id")
         task = self._task(task_id)
         volunteer_id = self._volunteer_action(task, volunteer_id)
         return self._reply(self._slots().join_waitlist(task, volunteer_id))

@@ -376,3 +376,37 @@ def test_open_badges_credential_issued_verified_and_revoked(container_factory: A
                                         {"version": 1, "reason": "hours were not real"})
     revoked = credentials.verify(issued["token"], jwks, status_lists, now=now)
     assert revoked["revoked"] is True and revoked["valid"] is False
+
+
+@pytest.mark.parametrize(("call", "args", "field"), [
+    ("submit_hours", ({"hours": 0},), "hours"),
+    ("submit_hours", ({"hours": 25},), "hours"),
+    ("submit_hours", ({"hours": "three"},), "hours"),
+    ("submit_hours", ({"hours": 1, "session_id": "s1; drop"},), "session_id"),
+    ("submit_hours", ({"hours": 1, "$inc": {"hours": 9}},), "$inc"),
+    ("submit_hours", ({"hours": 1, "note": "x" * 501},), "note"),
+    ("leave_feedback", ({"rating": 6},), "rating"),
+    ("leave_feedback", ({"rating": 3, "comment": "\x00"},), "comment"),
+    ("verify_hours", ({"entry_id": {"$ne": None}},), "entry_id"),
+])
+def test_invalid_assignment_input_is_refused_by_field(world: World, call: str,
+                                                      args: tuple[Any, ...],
+                                                      field: str) -> None:
+    task = world.task(slots=1)
+    vol = world.volunteer(1)
+    assignment = world.as_volunteer(vol).accept(task["id"], vol)
+    with pytest.raises(ValidationError) as caught:
+        getattr(world.system, call)(assignment["id"], *args)
+    assert [k for k in caught.value.details if k.split(".")[0] == field], caught.value.details
+    assert world.system.list_assignments(volunteer_id=vol)[0]["version"] == \
+        assignment["version"]
+
+
+@pytest.mark.parametrize("bad_id", [{"$gt": ""}, "tsk_../x", "vol_" + "0" * 28, None, 42])
+def test_ids_are_checked_before_any_lookup(world: World, bad_id: Any) -> None:
+    with pytest.raises(ValidationError):
+        world.system.get_task(bad_id)
+    with pytest.raises(ValidationError):
+        world.system.accept("tsk_" + "0" * 28, bad_id)
+    with pytest.raises(ValidationError):
+        world.system.withdraw(bad_id)
