@@ -402,7 +402,7 @@ def test_invalid_assignment_input_is_refused_by_field(world: World, call: str,
         assignment["version"]
 
 
-@pytest.mark.parametrize("bad_id", [{"$gt": ""}, "tsk_../x", "vol_" + "0" * 28, None, 42])
+@pytest.mark.parametrize("bad_id", [{"$gt": ""}, "tsk_../x", "org_" + "0" * 28, None, 42])
 def test_ids_are_checked_before_any_lookup(world: World, bad_id: Any) -> None:
     with pytest.raises(ValidationError):
         world.system.get_task(bad_id)
