@@ -48,6 +48,8 @@ class Outbox(EventDispatcher):
 
     def stop(self) -> None:
         self._running = False
+        if not self._ack_ready.ready():
+            self._ack_ready.send(True)  # wake the flusher so it ends by itself
         self._flush_now()
         super().stop()
 
