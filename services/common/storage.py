@@ -110,15 +110,20 @@ class BaseStore:
 
     def compare_and_replace(self, collection: str, doc_id: str, version: int,
                             set_: Mapping[str, Any], envelopes: Iterable[Mapping[str, Any]],
-                            unset: Iterable[str] = ()) -> dict[str, Any] | None:
+                            unset: Iterable[str] = (), match: Mapping[str, Any] | None = None
+                            ) -> dict[str, Any] | None:
         """Apply a change to one document if it is still at `version`; None otherwise.
 
         The new document is computed here and written with a conditional replace, not
         `$set`: nx-27017 turns bare datetimes and booleans written by `$set` into strings
         and integers (docs/store-compatibility.md); a replace keeps every type on every
         store. Events ride along in the same write, after those still pending.
+
+        `match` adds fields that must be unchanged too: counters that other atomic
+        updates of the same document bump without touching `version`.
         """
-        before = self.db[collection].find_one({"_id": doc_id, "version": version})
+        guard = {"_id": doc_id, "version": version, **(match or {})}
+        before = self.db[collection].find_one(guard)
         if before is None:
             return None
         after = apply_changes(before, set_, unset)
@@ -128,8 +133,7 @@ class BaseStore:
             pending[envelope["id"]] = {"n": len(pending), "event": envelope}
         after["outbox"], after["outbox_n"] = pending, len(pending)
         return self.db[collection].find_one_and_replace(
-            {"_id": doc_id, "version": version}, after, projection=HIDDEN,
-            return_document=ReturnDocument.AFTER)
+            guard, after, projection=HIDDEN, return_document=ReturnDocument.AFTER)
 
     # -- outbox ---------------------------------------------------------------------
     def outbox_ack(self, collection: str, doc_id: str, event_id: str) -> bool:

@@ -191,7 +191,8 @@ def new_task(task_id: str, data: Mapping[str, Any], caller: Caller, now: datetim
     """A draft: nothing is published until `publish`."""
     require_org_member(caller, data["organisation_id"])
     return {"_id": task_id, **data, **_derived(data, now), "status": "draft", "version": 1,
-            "free": data["slots"], "holders": [], "waitlist": [], "created_by": caller.user_id,
+            "free": data["slots"], "holders": [], "waitlist": [], "slots_rev": 0,
+            "created_by": caller.user_id,
             "created_at": now, "updated_at": now}
 
 
@@ -202,6 +203,9 @@ def transition(task: Mapping[str, Any], to: str) -> None:
 
 
 def publish(task: Mapping[str, Any], org_status: str | None, now: datetime) -> Change:
+    if task["status"] != "draft":
+        raise Conflict(f"A {task['status']} task is already published.",
+                       {"status": [task["status"]]})
     transition(task, "open")
     if org_status != "verified":
         raise Conflict("Only a verified organisation publishes tasks.",

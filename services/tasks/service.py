@@ -6,6 +6,7 @@ import json
 import logging
 import secrets
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -68,8 +69,9 @@ class SigningKeys(DependencyProvider):
             kid = datetime.now(UTC).strftime("%Y-%m-%d")
             credentials.generate_key(directory, kid)
             log.warning("generated credential signing key %s in %s", kid, directory)
-        self.keyring = credentials.KeyRing.load(
-            directory, config.get("CREDENTIAL_ACTIVE_KID") or None)
+        active = config.get("CREDENTIAL_ACTIVE_KID")
+        # YAML reads a date-named kid (2026-06-01) as a date: kids are names
+        self.keyring = credentials.KeyRing.load(directory, str(active) if active else None)
 
     def get_dependency(self, worker_ctx: Any) -> credentials.KeyRing:
         return self.keyring
@@ -102,17 +104,24 @@ class TasksService(ServiceBase, OutboxRelay):
     def _assignment(self, assignment_id: Any) -> dict[str, Any]:
         return self.store.assignment(check_id(assignment_id, "asg", "assignment_id"))
 
-    def _change_task(self, task: dict[str, Any], version: int, change: domain.Change
-                     ) -> dict[str, Any]:
-        if version != task["version"]:
-            raise Conflict(f"The task changed since version {version}.",
-                           {"version": [f"Current version is {task['version']}."]})
-        if not change.set:
-            return task
-        envelopes = self.outbox.wrap(change.events, self.now())
-        after = self.store.update_task(task["_id"], version, change.set, envelopes)
-        self.outbox.publish(TASKS, task["_id"], envelopes)
-        return after
+    def _change_task(self, task_id: str, version: int,
+                     decide: Callable[[dict[str, Any]], domain.Change]
+                     ) -> tuple[dict[str, Any], domain.Change]:
+        """Edit a task at `version`, deciding again if a slot claim lands meanwhile."""
+        for _ in range(10):
+            task = self.store.task(task_id)
+            if version != task["version"]:
+                raise Conflict(f"The task changed since version {version}.",
+                               {"version": [f"Current version is {task['version']}."]})
+            change = decide(task)
+            if not change.set:
+                return task, change
+            envelopes = self.outbox.wrap(change.events, self.now())
+            after = self.store.update_task(task, version, change.set, envelopes)
+            if after is not None:
+                self.outbox.publish(TASKS, task_id, envelopes)
+                return after, change
+        raise Conflict("The task is busy with claims; try again.", {"task_id": [task_id]})
 
     def _reply(self, doc: dict[str, Any]) -> dict[str, Any]:
         hidden = ("holders", "waitlist", "live_key", "due_at")
@@ -128,7 +137,10 @@ class TasksService(ServiceBase, OutboxRelay):
 
     @rpc
     def get_task(self, task_id: Any) -> dict[str, Any]:
-        return self._reply(self._task(task_id))
+        task = self._task(task_id)
+        if task["status"] == "draft":  # unpublished: only its organisation sees it
+            domain.require_org_member(self.caller, task["organisation_id"])
+        return self._reply(task)
 
     @rpc
     def update_task(self, task_id: Any, data: Any) -> dict[str, Any]:
@@ -136,8 +148,9 @@ class TasksService(ServiceBase, OutboxRelay):
         task = self._task(task_id)
         domain.require_org_member(self.caller, task["organisation_id"])
         version = payload.pop("version")
-        change = domain.update_task(task, payload, self.now())
-        after = self._change_task(task, version, change)
+        after, change = self._change_task(
+            task["_id"], version, lambda now_task: domain.update_task(now_task, payload,
+                                                                      self.now()))
         if "free" in change.set:
             slots = self._slots()
             slots.promote_waitlist(after)
@@ -151,8 +164,11 @@ class TasksService(ServiceBase, OutboxRelay):
         task = self._task(task_id)
         domain.require_org_member(self.caller, task["organisation_id"])
         org = self.store.snapshot(ORGANISATIONS, task["organisation_id"])
-        change = domain.publish(task, org["status"] if org else None, self.now())
-        return self._reply(self._change_task(task, payload["version"], change))
+        after, _ = self._change_task(
+            task["_id"], payload["version"],
+            lambda now_task: domain.publish(now_task, org["status"] if org else None,
+                                            self.now()))
+        return self._reply(after)
 
     @rpc
     def cancel_task(self, task_id: Any, data: Any) -> dict[str, Any]:
@@ -166,8 +182,9 @@ class TasksService(ServiceBase, OutboxRelay):
         payload = load(VERSION, data)
         task = self._task(task_id)
         domain.require_org_member(self.caller, task["organisation_id"])
-        change = domain.end_task(task, to, payload["reason"], self.now())
-        after = self._change_task(task, payload["version"], change)
+        after, _ = self._change_task(
+            task["_id"], payload["version"],
+            lambda now_task: domain.end_task(now_task, to, payload["reason"], self.now()))
         self._close_assignments(after)
         return self._reply(after)
 
@@ -201,9 +218,13 @@ class TasksService(ServiceBase, OutboxRelay):
             window["$lt"] = query["starts_before"]
         if window:
             mongo["starts_at"] = window
-        if query["status"] == "draft":
-            if not self.caller.is_admin:
-                mongo["organisation_id"] = {"$in": sorted(self.caller.org_ids)}
+        if query["status"] == "draft" and not self.caller.is_admin:
+            self.caller.require(COORDINATOR)  # drafts: only their organisations see them
+            mine = sorted(self.caller.org_ids)
+            if query["organisation_id"] and query["organisation_id"] not in mine:
+                raise Forbidden("Not allowed.", {"organisation_id": ["Not your organisation."]})
+            mongo["organisation_id"] = {"$in": [query["organisation_id"]] if
+                                        query["organisation_id"] else mine}
         items, cursor = self.store.search_tasks(mongo, query["cursor"], query["limit"])
         return {"items": [self._reply(t) for t in items], "next_cursor": cursor}
 
@@ -244,6 +265,7 @@ class TasksService(ServiceBase, OutboxRelay):
         domain.require_org_member(self.caller, task["organisation_id"])
         if task["status"] not in domain.CLAIMABLE:
             raise Conflict(f"Task is {task['status']}.", {"task_id": [task["status"]]})
+        check_id(payload["volunteer_id"], "vol", "volunteer_id")
         domain.check_eligible(task, self.store.snapshot(VOLUNTEERS, payload["volunteer_id"]))
         expires = self._policy().offer_expiry(task, self.now())
         return self._new_assignment(task, payload["volunteer_id"], "offered",
@@ -436,6 +458,7 @@ class TasksService(ServiceBase, OutboxRelay):
 
     def _credential_reply(self, doc: dict[str, Any]) -> dict[str, Any]:
         return to_wire({"credential_id": doc["_id"], "status": doc["status"],
+                        "version": doc["version"],
                         "hours": doc["hours"], "token": doc["token"],
                         "jwks_url": self._public_url("/credentials/jwks.json")})
 
@@ -526,9 +549,10 @@ class TasksService(ServiceBase, OutboxRelay):
         for task in self.store.tasks_to_expire(self.now(), TIMER_BATCH):
             to = "cancelled" if task["status"] == "draft" else "expired"
             try:
-                after = self._change_task(task, task["version"],
-                                          domain.end_task(task, to, "schedule over",
-                                                          self.now()))
+                after, _ = self._change_task(
+                    task["_id"], task["version"],
+                    lambda now_task, to=to: domain.end_task(now_task, to, "schedule over",
+                                                            self.now()))
             except Conflict:
                 continue  # another replica (or a coordinator) got there first
             self._close_assignments(after)

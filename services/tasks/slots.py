@@ -165,17 +165,19 @@ class SlotKeeper:
 
     # -- waitlist -----------------------------------------------------------------------
     def join_waitlist(self, task: Mapping[str, Any], volunteer_id: str) -> dict[str, Any]:
+        if len(task.get("waitlist", [])) >= WAITLIST_LIMIT:
+            raise Conflict("This waitlist is full.", {"task_id": [
+                f"{WAITLIST_LIMIT} volunteers are already waiting."]})
         doc = domain.new_assignment(new_id("asg"), task, volunteer_id, "waitlisted", self.now)
-        event = domain.assignment_event(events.ASSIGNMENT_WAITLISTED, doc)
-        envelopes = self.wrap([event], self.now)
-        self.store.insert_assignment(doc, envelopes)
+        self.store.insert_assignment(doc, [])  # the live key: one place in line each
         if self.store.join_waitlist(task["_id"], volunteer_id, ("open", "filled",
-                                                                 "in_progress"),
-                                    WAITLIST_LIMIT) is None:
+                                                                 "in_progress")) is None:
             self.store.update_assignment(doc, {"status": "withdrawn"}, [], live=False)
             raise Conflict("Cannot join this waitlist.", {"task_id": [
                 "The task is not open, or you already hold or wait for a slot."]})
-        self.publish(ASSIGNMENTS, doc["_id"], envelopes)
+        # announced only once the place in line is really taken
+        self._write_assignment(doc, {}, [domain.assignment_event(
+            events.ASSIGNMENT_WAITLISTED, doc)])
         # a slot may have freed between reading the task and joining
         self.promote_waitlist(self.store.task(task["_id"]))
         return self.store.assignment(doc["_id"])

@@ -56,17 +56,23 @@ class TasksStore(BaseStore):
             raise NotFound("No such task.", {"task_id": [task_id]})
         return doc
 
-    def update_task(self, task_id: str, version: int, set_: Mapping[str, Any],
-                    envelopes: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
-        after = self.compare_and_replace(TASKS, task_id, version, set_, envelopes)
+    def update_task(self, task: Mapping[str, Any], version: int, set_: Mapping[str, Any],
+                    envelopes: Iterable[Mapping[str, Any]]) -> dict[str, Any] | None:
+        """An edit of the task as read; None if a claim moved its slots meanwhile (decide
+        again on a fresh read), Conflict if someone edited it since `version`."""
+        after = self.compare_and_replace(TASKS, task["_id"], version, set_, envelopes,
+                                         match={"slots_rev": task.get("slots_rev", 0)})
         if after is None:
-            current = self.task(task_id)
-            raise Conflict(f"The task changed since version {version}.",
-                           {"version": [f"Current version is {current['version']}."]})
+            current = self.task(task["_id"])
+            if current["version"] != version:
+                raise Conflict(f"The task changed since version {version}.",
+                               {"version": [f"Current version is {current['version']}."]})
         return after
 
     def _slots(self, query: dict[str, Any], update: dict[str, Any],
                envelopes: Iterable[Mapping[str, Any]]) -> dict[str, Any] | None:
+        # slots_rev tells a concurrent whole-document edit (update_task) to read again
+        update = {**update, "$inc": {**update.get("$inc", {}), "slots_rev": 1}}
         return self.db[TASKS].find_one_and_update(
             query, with_outbox(update, envelopes), projection=HIDDEN, return_document=AFTER)
 
@@ -94,15 +100,16 @@ class TasksStore(BaseStore):
             {"$inc": {"free": -1}, "$push": {"holders": volunteer_id},
              "$pull": {"waitlist": volunteer_id}}, envelopes)
 
-    def join_waitlist(self, task_id: str, volunteer_id: str, statuses: Iterable[str],
-                      limit: int) -> dict[str, Any] | None:
+    def join_waitlist(self, task_id: str, volunteer_id: str, statuses: Iterable[str]
+                      ) -> dict[str, Any] | None:
         return self._slots(
             {"_id": task_id, "status": {"$in": list(statuses)},
              "holders": {"$nin": [volunteer_id]}, "waitlist": {"$nin": [volunteer_id]}},
-            {"$push": {"waitlist": {"$each": [volunteer_id], "$slice": limit}}}, [])
+            {"$push": {"waitlist": volunteer_id}}, [])
 
     def leave_waitlist(self, task_id: str, volunteer_id: str) -> None:
-        self.db[TASKS].update_one({"_id": task_id}, {"$pull": {"waitlist": volunteer_id}})
+        self._slots({"_id": task_id, "waitlist": {"$in": [volunteer_id]}},
+                    {"$pull": {"waitlist": volunteer_id}}, [])
 
     def set_status_if(self, task_id: str, expect: Mapping[str, Any], status: str,
                       envelopes: Iterable[Mapping[str, Any]]) -> dict[str, Any] | None:
@@ -157,7 +164,7 @@ class TasksStore(BaseStore):
     def assignments_due(self, now: datetime, limit: int) -> list[dict[str, Any]]:
         """Offers past their expiry, accepted volunteers past their start grace."""
         return list(self.db[ASSIGNMENTS].find(
-            {"status": {"$in": ["offered", "accepted"]}, "due_at": {"$lt": now}},
+            {"status": {"$in": ["offered", "accepted", "claiming"]}, "due_at": {"$lt": now}},
             HIDDEN).limit(limit))
 
     def assignments_of(self, field: str, value: str, statuses: Iterable[str] | None = None
@@ -190,10 +197,14 @@ class TasksStore(BaseStore):
         self.db[VOLUNTEERS].replace_one({"_id": volunteer_id},
                                         {"_id": volunteer_id, "status": "erased",
                                          "version": 1 << 62}, upsert=True)
-        self.db[ASSIGNMENTS].update_many(
-            {"volunteer_id": volunteer_id},
-            {"$unset": {"feedback.volunteer.comment": "", "feedback.organisation.comment": "",
-                        "notes": ""}})
+        for assignment in self.db[ASSIGNMENTS].find({"volunteer_id": volunteer_id}):
+            hours = [{**entry, "note": None} for entry in assignment.get("hours", [])]
+            self.compare_and_replace(ASSIGNMENTS, assignment["_id"], assignment["version"],
+                                     {"hours": hours}, [],
+                                     unset=("note", "feedback.volunteer.comment",
+                                            "feedback.organisation.comment"))
+        self.db[CREDENTIALS].update_many({"volunteer_id": volunteer_id},
+                                         {"$unset": {"token": ""}})
         self.db[CALENDAR_TOKENS].delete_many({"volunteer_id": volunteer_id})
 
     # -- calendar feed tokens -------------------------------------------------------------

@@ -410,3 +410,45 @@ def test_ids_are_checked_before_any_lookup(world: World, bad_id: Any) -> None:
         world.system.accept("tsk_" + "0" * 28, bad_id)
     with pytest.raises(ValidationError):
         world.system.withdraw(bad_id)
+
+
+def test_edits_racing_with_claims_never_lose_a_claim(world: World, db: Any) -> None:
+    task = world.task(slots=8)
+    vols = [world.volunteer(n) for n in range(8)]
+
+    def claim(vid: str) -> str:
+        return world.as_volunteer(vid).accept(task["id"], vid)["status"]
+
+    editors = [world.rpc("tasks", roles=("coordinator",), user_id="u_coord",
+                         org_ids=(world.org_id,)) for _ in range(4)]
+
+    def edit(n: int) -> str:
+        me = editors[n]  # one proxy per greenthread: a proxy is not shared
+        for _attempt in range(20):
+            current = me.get_task(task["id"])
+            try:
+                me.update_task(task["id"], {
+                    "version": current["version"],
+                    "urgency": "high" if current["urgency"] == "normal" else "normal"})
+                return "edited"
+            except Conflict:
+                continue
+        return "gave up"
+
+    pool = eventlet.GreenPool(12)
+    claims = [pool.spawn(claim, vid) for vid in vols]
+    edits = [pool.spawn(edit, n) for n in range(4)]
+    assert [c.wait() for c in claims] == ["accepted"] * 8
+    assert [e.wait() for e in edits] == ["edited"] * 4
+    stored = db("tasks").tasks.find_one({"_id": task["id"]})
+    assert sorted(stored["holders"]) == sorted(vols)
+    assert stored["free"] == 0 and stored["status"] == "filled"
+    assert stored["version"] == task["version"] + 4
+
+
+def test_a_published_task_is_not_published_again(world: World) -> None:
+    task = world.task(slots=1)
+    vol = world.volunteer(1)
+    world.as_volunteer(vol).accept(task["id"], vol)  # now filled
+    with pytest.raises(Conflict):
+        world.coordinator.publish_task(task["id"], {"version": task["version"]})
