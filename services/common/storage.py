@@ -24,6 +24,14 @@ HIDDEN = {name: 0 for name in OUTBOX_FIELDS}
 PROCESSED = "processed_events"
 
 
+class Contention(RuntimeError):
+    """A compare-and-set kept losing to other writers; not the caller's fault.
+
+    Not a SanadError on purpose: an event handler that raises it is retried
+    (the event is requeued), not rejected.
+    """
+
+
 @dataclass(frozen=True)
 class Index:
     collection: str

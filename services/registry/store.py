@@ -16,6 +16,7 @@ from services.common.errors import Conflict, NotFound
 from services.common.storage import (
     HIDDEN,
     BaseStore,
+    Contention,
     Index,
     asc,
     new_with_outbox,
@@ -114,15 +115,35 @@ class RegistryStore(BaseStore):
             if self.compare_and_replace(VOLUNTEERS, volunteer_id, doc["version"], changes,
                                         []) is not None:
                 return True
-        raise Conflict("The volunteer kept changing; the event will be retried.", {})
+        raise Contention(f"volunteer {volunteer_id} kept changing")
 
     def credit(self, volunteer_id: str, credit_id: str, inc: Mapping[str, float]) -> bool:
-        """Add verified hours once per credit id, even if the event is handled twice."""
-        result = self.db[VOLUNTEERS].update_one(
-            {"_id": volunteer_id, "status": {"$in": ["active", "paused"]},
-             "credited": {"$nin": [credit_id]}},
-            {"$inc": dict(inc), "$push": {"credited": {"$each": [credit_id], "$slice": -2000}}})
-        return result.modified_count == 1
+        """Add verified hours once per credit id, even if the event is handled twice.
+
+        Under the version like every other change of a volunteer: an `$inc` beside a
+        whole-document replace (compare_and_replace) could be overwritten by it.
+        """
+        for _ in range(5):
+            doc = self.db[VOLUNTEERS].find_one(
+                {"_id": volunteer_id},
+                {"version": 1, "status": 1, "credited": 1, "verified_hours": 1,
+                 "hours_by_skill": 1})
+            if doc is None or doc["status"] not in ("active", "paused") \
+                    or credit_id in doc.get("credited", []):
+                return False
+            changes: dict[str, Any] = {"credited": [*doc.get("credited", []),
+                                                    credit_id][-2000:]}
+            for path, amount in inc.items():
+                if path == "verified_hours":
+                    changes[path] = float(doc.get("verified_hours") or 0) + amount
+                else:
+                    skill = path.split(".", 1)[1]
+                    changes[path] = float((doc.get("hours_by_skill") or {}).get(skill, 0)) \
+                        + amount
+            if self.compare_and_replace(VOLUNTEERS, volunteer_id, doc["version"], changes,
+                                        []) is not None:
+                return True
+        raise Contention(f"volunteer {volunteer_id} kept changing")
 
     # -- volunteers -------------------------------------------------------------------
     def volunteer_by_email(self, email_norm: str) -> dict[str, Any] | None:
