@@ -42,6 +42,7 @@ test-compat: setup
 bench: setup
 	$(BIN)/python bench/registry_bench.py
 	$(BIN)/python bench/import_bench.py
+	$(BIN)/python bench/tasks_bench.py
 
 lint: deps
 	$(BIN)/ruff check .

@@ -237,3 +237,11 @@ def test_datetimes_written_by_set(db: Database, is_nx: bool) -> None:
     assert after is not None and after["at"] == NOW and after["flag"] is True
     assert after["version"] == 2
     assert store.compare_and_replace("d", "1", 1, {"at": NOW}, []) is None  # stale
+
+
+def test_range_on_a_number_skips_nulls(db: Database) -> None:
+    """The expiry timer relies on it: ended tasks carry `ends_at_ms: null`."""
+    Index("t", asc("ends_at_ms")).create(db)
+    db.t.insert_many([{"_id": "a", "ends_at_ms": 5}, {"_id": "b", "ends_at_ms": None},
+                      {"_id": "c"}, {"_id": "d", "ends_at_ms": 50}])
+    assert [d["_id"] for d in db.t.find({"ends_at_ms": {"$lt": 10}})] == ["a"]

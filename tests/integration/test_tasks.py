@@ -17,7 +17,8 @@ from tests.support import wait_for
 
 @pytest.fixture
 def platform(container_factory: Any, config: dict[str, Any]) -> dict[str, Any]:
-    tasks_config = {**config, "ASSIGNMENT_TIMER_SECONDS": 0.3, "OFFER_HOURS": 48}
+    tasks_config = {**config, "ASSIGNMENT_TIMER_SECONDS": 0.3, "OFFER_HOURS": 48,
+                    "TASK_TIMER_SECONDS": 0.5}
     for service, cfg in ((RegistryService, config), (TasksService, tasks_config)):
         container_factory(service, cfg).start()
     return tasks_config
@@ -452,3 +453,17 @@ def test_a_published_task_is_not_published_again(world: World) -> None:
     world.as_volunteer(vol).accept(task["id"], vol)  # now filled
     with pytest.raises(Conflict):
         world.coordinator.publish_task(task["id"], {"version": task["version"]})
+
+
+def test_tasks_past_their_deadline_expire_on_the_timer(world: World, tap: Any) -> None:
+    events = tap("tasks")
+    due = (datetime.now(UTC) + timedelta(seconds=3)).replace(tzinfo=None, microsecond=0)
+    task = world.task(slots=2, timezone="UTC",
+                      schedule={"kind": "deadline", "due": due.isoformat()})
+    vol = world.volunteer(1)
+    world.as_volunteer(vol).accept(task["id"], vol)
+    [expired] = events.wait(1, "sanad.task.expired.v1", timeout=20)
+    assert expired["subject"] == task["id"]
+    assert world.system.get_task(task["id"])["status"] == "expired"
+    [mine] = world.system.list_assignments(volunteer_id=vol)
+    assert mine["status"] == "withdrawn"
