@@ -171,7 +171,32 @@ def service_env(amqp_uri: str, mongo_uri: str) -> dict[str, str]:
             "LOG_LEVEL": "WARNING"}
 
 
+def entrypoint_seconds(port: int | None, entrypoint: str, kind: str = "rpc"
+                       ) -> tuple[float, int] | None:
+    """(sum of seconds, calls) of one entrypoint from a service's /metrics histogram, for
+    any kind (rpc, timer, event). For an RPC that is the handler plus the reply publish."""
+    if port is None:
+        return None
+    try:
+        with urllib.request.urlopen(  # noqa: S310 - our own local process
+                f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+            text = resp.read().decode()
+    except OSError:
+        return None
+    found: dict[str, float] = {}
+    for suffix in ("sum", "count"):
+        match = re.search(rf'^sanad_request_duration_seconds_{suffix}\{{entrypoint='
+                          rf'"{entrypoint}",kind="{kind}"\}} (\S+)$', text, re.M)
+        if match:
+            found[suffix] = float(match.group(1))
+    if len(found) < 2:
+        return 0.0, 0  # not called yet: the series appears with the first call
+    return found["sum"], int(found["count"])
+
+
 @dataclass
+
+
 class Stack:
     amqp_uri: str
     mongo_uri: str
@@ -208,26 +233,9 @@ class Stack:
         """(sum of worker seconds, calls) from the registry's own /metrics histogram.
 
         nameko calls the Metrics `worker_result` hook after the reply is published, so
-        this is the handler plus the reply publish (with its broker confirm). A scrape
-        also makes the store count pending outbox events: call it outside timed parts.
+        this is the handler plus the reply publish (with its broker confirm).
         """
-        if self.metrics_port is None:
-            return None
-        try:
-            with urllib.request.urlopen(  # noqa: S310 - our own local process
-                    f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as resp:
-                text = resp.read().decode()
-        except OSError:
-            return None
-        found: dict[str, float] = {}
-        for suffix in ("sum", "count"):
-            match = re.search(rf'^sanad_request_duration_seconds_{suffix}\{{entrypoint='
-                              rf'"{entrypoint}",kind="rpc"\}} (\S+)$', text, re.M)
-            if match:
-                found[suffix] = float(match.group(1))
-        if len(found) < 2:
-            return 0.0, 0  # not called yet: the series appears with the first call
-        return found["sum"], int(found["count"])
+        return entrypoint_seconds(self.metrics_port, entrypoint)
 
 
 def stop_process(proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:

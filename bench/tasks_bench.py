@@ -82,6 +82,7 @@ from bench.registry_bench import (  # noqa: E402
     cpu_delta,
     cpu_seconds,
     cpu_text,
+    entrypoint_seconds,
     interrupt_on_sigterm,
     listening_ports,
     mb,
@@ -143,28 +144,6 @@ def metrics_port(pid: int) -> int | None:
     return None
 
 
-def entrypoint_seconds(port: int | None, entrypoint: str, kind: str = "rpc"
-                       ) -> tuple[float, int] | None:
-    """(sum of seconds, calls) of one entrypoint from a service's /metrics histogram, as
-    registry_bench's `Stack.server_seconds` reads it, for any kind (rpc, timer, event).
-    For an RPC that is the handler plus the reply publish."""
-    if port is None:
-        return None
-    try:
-        with urllib.request.urlopen(  # noqa: S310 - our own local process
-                f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
-            text = resp.read().decode()
-    except OSError:
-        return None
-    found: dict[str, float] = {}
-    for suffix in ("sum", "count"):
-        match = re.search(rf'^sanad_request_duration_seconds_{suffix}\{{entrypoint='
-                          rf'"{entrypoint}",kind="{kind}"\}} (\S+)$', text, re.M)
-        if match:
-            found[suffix] = float(match.group(1))
-    if len(found) < 2:
-        return 0.0, 0  # not called yet: the series appears with the first call
-    return found["sum"], int(found["count"])
 
 
 def seconds_between(before: tuple[float, int] | None, after: tuple[float, int] | None
