@@ -467,3 +467,51 @@ def test_tasks_past_their_deadline_expire_on_the_timer(world: World, tap: Any) -
     assert world.system.get_task(task["id"])["status"] == "expired"
     [mine] = world.system.list_assignments(volunteer_id=vol)
     assert mine["status"] == "withdrawn"
+
+
+def test_key_rotation_keeps_old_credentials_verifiable(container_factory: Any,
+                                                       config: dict[str, Any], rpc: Any,
+                                                       db: Any, tmp_path: Any) -> None:
+    import urllib.request
+
+    from services.tasks import credentials
+
+    keys = tmp_path / "keys"
+    cfg = {**config, "CREDENTIAL_KEYS_DIR": str(keys)}
+    credentials.generate_key(keys, "2026-01-01")
+    container_factory(RegistryService, cfg).start()
+    first = container_factory(TasksService, cfg)
+    first.start()
+    world = World(rpc, db)
+    task = world.task(slots=2)
+
+    def verified_assignment(n: int) -> tuple[Any, dict[str, Any]]:
+        vol = world.volunteer(n)
+        me = world.as_volunteer(vol)
+        assignment = me.accept(task["id"], vol)
+        entry = me.submit_hours(assignment["id"], {"hours": 1.5})["hours"][0]["entry_id"]
+        world.coordinator.verify_hours(assignment["id"], {"entry_id": entry})
+        return me, assignment
+
+    me, assignment = verified_assignment(1)
+    old = me.issue_credential(assignment["id"])["token"]
+    first.stop()  # rotate: a newer key joins the folder, the old one stays
+
+    credentials.generate_key(keys, "2026-07-01")
+    second = container_factory(TasksService, cfg)
+    second.start()
+    me2, assignment2 = verified_assignment(2)
+    new = me2.issue_credential(assignment2["id"])["token"]
+    assert jwt_kid(old) == "2026-01-01" and jwt_kid(new) == "2026-07-01"
+    with urllib.request.urlopen(f"http://127.0.0.1:{http_port(second)}"
+                                "/credentials/jwks.json", timeout=5) as resp:
+        jwks = json.loads(resp.read())
+    assert sorted(k["kid"] for k in jwks["keys"]) == ["2026-01-01", "2026-07-01"]
+    for token in (old, new):
+        assert credentials.verify(token, jwks, now=datetime.now(UTC))["valid"]
+
+
+def jwt_kid(token: str) -> str:
+    import jwt
+
+    return jwt.get_unverified_header(token)["kid"]
