@@ -503,6 +503,8 @@ class TasksService(ServiceBase, OutboxRelay):
     @http("GET", "/credentials/status/<int:list_id>")
     def status_list(self, request: Request, list_id: int) -> Response:
         """The W3C Bitstring Status List, signed like the credentials it covers."""
+        if not 1 <= list_id <= self.store.status_lists_in_use():
+            return Response("no such status list\n", status=404, mimetype="text/plain")
         encoded = credentials.encode_bits(self.store.revoked_indices(list_id))
         document = credentials.status_list_credential(
             self._public_url(f"/credentials/status/{list_id}"), self._issuer(), encoded,

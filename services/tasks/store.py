@@ -248,6 +248,10 @@ class TasksStore(BaseStore):
     def credentials_of(self, assignment_id: str) -> list[dict[str, Any]]:
         return list(self.db[CREDENTIALS].find({"assignment_id": assignment_id}, HIDDEN))
 
+    def status_lists_in_use(self) -> int:
+        counter = self.db[COUNTERS].find_one({"_id": "credential_status"})
+        return 0 if counter is None else (counter["next"] - 1) // STATUS_LIST_SIZE + 1
+
     def revoked_indices(self, list_id: int) -> list[int]:
         return [d["index"] for d in self.db[CREDENTIALS].find(
             {"list_id": list_id, "status": "revoked"}, {"index": 1})]

@@ -318,6 +318,7 @@ def test_calendar_feed_at_a_secret_rotatable_url(container_factory: Any,
 def test_open_badges_credential_issued_verified_and_revoked(container_factory: Any,
                                                              config: dict[str, Any],
                                                              rpc: Any, db: Any) -> None:
+    import urllib.error
     import urllib.request
 
     import jwt
@@ -372,6 +373,10 @@ def test_open_badges_credential_issued_verified_and_revoked(container_factory: A
         issued["token"])["kid"]]
     checked = OB3Verifier(pubkey_pem=RSAAlgorithm.from_jwk(jwk)).verify(issued["token"])
     assert checked is not None  # it raises OB3VerificationError when it refuses
+
+    with pytest.raises(urllib.error.HTTPError) as unknown:
+        fetch(base + "/credentials/status/99")
+    assert unknown.value.code == 404
 
     world.coordinator.revoke_credential(issued["credential_id"],
                                         {"version": 1, "reason": "hours were not real"})
