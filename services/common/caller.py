@@ -56,12 +56,14 @@ def parse_caller(raw: Any) -> Caller:
         return Caller()
     try:
         data = json.loads(raw) if isinstance(raw, str | bytes) else dict(raw)
+        if not isinstance(data, dict):
+            return Caller()
         return Caller(
             user_id=str(data["user_id"]) if data.get("user_id") else None,
             roles=frozenset(map(str, data.get("roles") or ())),
             org_ids=frozenset(map(str, data.get("org_ids") or ())),
         )
-    except (ValueError, TypeError, KeyError):
+    except (ValueError, TypeError, KeyError, AttributeError):
         return Caller()  # malformed identity is no identity
 
 

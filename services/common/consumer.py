@@ -24,12 +24,14 @@ from nameko.events import event_handler
 
 from services.common.envelope import check_envelope
 from services.common.errors import EXPECTED_ERRORS
+from services.common.schemas import guard_raw_input
 
 log = logging.getLogger(__name__)
 
 KEEP_PROCESSED = timedelta(days=7)  # longer than any redelivery or relay delay
 CLAIM_LEASE = timedelta(minutes=2)  # longer than any handler runs
 RETRY_PAUSE_SECONDS = 1.0
+MAX_EVENT_BYTES = 256 * 1024
 
 
 class _Busy(Exception):
@@ -59,8 +61,12 @@ def consumes(source_service: str, event_type: str) -> Callable[[Callable[..., An
                 raise _Busy(key)
             outcome = "processed"
             try:
+                # event data is input too: no operator or dotted keys reach a query
+                guard_raw_input(envelope.get("data"), MAX_EVENT_BYTES)
                 handle(self, envelope)
-            except (*EXPECTED_ERRORS, MarshmallowError) as exc:
+            except (*EXPECTED_ERRORS, MarshmallowError, KeyError, TypeError, AttributeError,
+                    ValueError) as exc:
+                # the event is not what the contract says: retrying cannot fix it
                 log.warning("rejected event %s (%s): %s", envelope["id"], event_type, exc)
                 outcome = "rejected"
             except Exception:

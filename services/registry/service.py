@@ -3,10 +3,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from services.common.caller import COORDINATOR, Caller
+from services.common.caller import COORDINATOR, PLATFORM_ADMIN, Caller
 from services.common.consumer import consumes
 from services.common.envelope import DomainEvent
-from services.common.errors import Conflict, NotFound, ValidationError
+from services.common.errors import Conflict, Forbidden, NotFound, ValidationError
 from services.common.ids import check_id, new_id
 from services.common.outbox import Outbox, OutboxRelay
 from services.common.schemas import load, to_wire
@@ -132,8 +132,11 @@ class RegistryService(ServiceBase, OutboxRelay):
     @rpc
     def set_vetting(self, volunteer_id: Any, data: Any) -> dict[str, Any]:
         payload = load(VETTING, data)
-        self.caller.require(COORDINATOR)
+        # safeguarding gates: decided by the platform's vetting team, never by oneself
+        self.caller.require(PLATFORM_ADMIN)
         doc = self._volunteer(volunteer_id)
+        if domain.is_self(self.caller, doc):
+            raise Forbidden("Not allowed.", {"caller": ["Nobody vets themselves."]})
         change = domain.set_vetting(doc, payload["kind"], payload["state"],
                                     payload["valid_until"], self.caller, self.now())
         return to_wire(domain.public_view(self._apply(doc, payload["version"], change)))
@@ -206,6 +209,10 @@ class RegistryService(ServiceBase, OutboxRelay):
                                                    default_taxonomy(), self.now())
                 self._insert(VOLUNTEERS, doc, events, "volunteer")
                 return {"row": line, "outcome": "created", "volunteer_id": doc["_id"]}
+            if existing.get("source") != "import":
+                # a self-registered volunteer's profile is theirs to change
+                return {"row": line, "outcome": "rejected",
+                        "errors": {"email": ["Already registered by the volunteer."]}}
             # the volunteer's own consent record stands; blank cells change nothing
             changes = domain.csv_changes(row, payload, existing)
             change = domain.update_volunteer(existing, changes, default_taxonomy(),

@@ -31,6 +31,7 @@ CLAIMABLE = ("open", "in_progress")  # a slot can be taken in these task states
 EDITABLE = ("draft", "open", "filled")
 
 ASSIGNMENT_TRANSITIONS: dict[str, frozenset[str]] = {
+    "claiming": frozenset({"accepted", "expired", "withdrawn"}),  # a sign-up in flight
     "applied": frozenset({"accepted", "declined", "withdrawn"}),
     "offered": frozenset({"accepted", "declined", "expired", "withdrawn"}),
     "waitlisted": frozenset({"offered", "withdrawn"}),
@@ -39,7 +40,7 @@ ASSIGNMENT_TRANSITIONS: dict[str, frozenset[str]] = {
     "completed": frozenset(), "declined": frozenset(), "withdrawn": frozenset(),
     "expired": frozenset(), "no_show": frozenset(),
 }
-LIVE = frozenset({"applied", "offered", "waitlisted", "accepted", "active"})
+LIVE = frozenset({"claiming", "applied", "offered", "waitlisted", "accepted", "active"})
 HOLDS_SLOT = frozenset({"accepted", "active"})  # plus offers made from the waitlist
 URGENT = ("critical", "high")
 

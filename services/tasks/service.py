@@ -459,7 +459,7 @@ class TasksService(ServiceBase, OutboxRelay):
     def _credential_reply(self, doc: dict[str, Any]) -> dict[str, Any]:
         return to_wire({"credential_id": doc["_id"], "status": doc["status"],
                         "version": doc["version"],
-                        "hours": doc["hours"], "token": doc["token"],
+                        "hours": doc["hours"], "token": doc.get("token"),
                         "jwks_url": self._public_url("/credentials/jwks.json")})
 
     def _skill_labels(self, skill_ids: list[str]) -> list[dict[str, Any]]:
@@ -580,8 +580,10 @@ class TasksService(ServiceBase, OutboxRelay):
 
     def _organisation(self, event: dict[str, Any]) -> None:
         org = event["data"]["organisation"]
-        self.store.upsert_snapshot(ORGANISATIONS, org["organisation_id"], org["version"],
-                                   {"status": org["status"], "name": org["name"]})
+        self.store.upsert_snapshot(ORGANISATIONS,
+                                   check_id(org["organisation_id"], "org", "organisation_id"),
+                                   int(org["version"]),
+                                   {"status": str(org["status"]), "name": str(org["name"])})
 
     @consumes(REGISTRY, "sanad.volunteer.registered.v1")
     def on_volunteer_registered(self, event: dict[str, Any]) -> None:
@@ -601,13 +603,17 @@ class TasksService(ServiceBase, OutboxRelay):
 
     def _volunteer(self, event: dict[str, Any]) -> None:
         snapshot = event["data"]["volunteer"]
-        self.store.upsert_snapshot(VOLUNTEERS, snapshot["volunteer_id"], snapshot["version"],
-                                   {"status": snapshot["status"],
-                                    "vetting": snapshot.get("vetting") or {}})
+        vetting = snapshot.get("vetting") or {}
+        if not isinstance(vetting, dict):
+            raise ValidationError("Invalid event.", {"vetting": ["Expected an object."]})
+        self.store.upsert_snapshot(VOLUNTEERS,
+                                   check_id(snapshot["volunteer_id"], "vol", "volunteer_id"),
+                                   int(snapshot["version"]),
+                                   {"status": str(snapshot["status"]), "vetting": vetting})
 
     @consumes(REGISTRY, "sanad.volunteer.erased.v1")
     def on_volunteer_erased(self, event: dict[str, Any]) -> None:
-        volunteer_id = event["data"]["volunteer_id"]
+        volunteer_id = check_id(event["data"]["volunteer_id"], "vol", "volunteer_id")
         slots = self._slots()
         for assignment in self.store.assignments_of("volunteer_id", volunteer_id, domain.LIVE):
             slots.release(assignment, "withdrawn", events.ASSIGNMENT_WITHDRAWN,

@@ -75,10 +75,9 @@ class SlotKeeper:
             assignment = domain.new_assignment(new_id("asg"), task, volunteer_id, "claiming",
                                                self.now, due_at=self.now + CLAIM_WINDOW)
             self.store.insert_assignment(assignment, [])
-        accepted = domain.assignment_event(events.ASSIGNMENT_ACCEPTED, assignment)
         after = self._task_step(
             lambda env: self.store.claim_slot(task["_id"], volunteer_id, domain.CLAIMABLE, env),
-            task["_id"], [accepted])
+            task["_id"], [])
         if after is None:
             current = self.store.task(task["_id"])
             if volunteer_id not in current["holders"]:
@@ -88,19 +87,27 @@ class SlotKeeper:
                 raise Conflict("No free slot on this task.", {"task_id": [
                     "All slots are taken; join the waitlist to be offered the next one."]})
             after = current  # a retry after a crash between the two writes
-        confirmed = self._confirm(assignment, after, publish_event=False)
+        try:
+            confirmed = self._confirm(assignment, after)
+        except Conflict:
+            # the assignment moved meanwhile (offer expired, declined): unless it is
+            # accepted after all, the slot just taken goes back
+            current = self.store.live_assignment(domain.live_key(task["_id"], volunteer_id))
+            if current is not None and current["status"] in domain.HOLDS_SLOT:
+                return current
+            self.give_back(task["_id"], volunteer_id)
+            raise
         self.settle(after)
         return confirmed
 
-    def _confirm(self, assignment: Mapping[str, Any], task: Mapping[str, Any],
-                 publish_event: bool = True) -> dict[str, Any]:
+    def _confirm(self, assignment: Mapping[str, Any], task: Mapping[str, Any]
+                 ) -> dict[str, Any]:
         start_by = max(task.get("starts_at") or self.now, self.now) + timedelta(
             hours=self.policy.start_grace_hours)
         set_ = {"status": "accepted", "accepted_at": self.now, "due_at": start_by,
                 "history": [*assignment.get("history", []),
                             {"status": "accepted", "at": self.now}][-50:]}
-        evts = [domain.assignment_event(events.ASSIGNMENT_ACCEPTED, assignment)] \
-            if publish_event else []
+        evts = [domain.assignment_event(events.ASSIGNMENT_ACCEPTED, assignment)]
         after = self._write_assignment(assignment, set_, evts, unset=("offer_kind",))
         if after is None:
             raise Conflict("The assignment changed meanwhile; try again.", {})
@@ -118,8 +125,8 @@ class SlotKeeper:
             return None  # another worker (or replica's timer) moved it first
         if assignment["status"] == "waitlisted":
             self.store.leave_waitlist(assignment["task_id"], assignment["volunteer_id"])
-        else:
-            self.give_back(assignment["task_id"], assignment["volunteer_id"])
+        # also for a waitlisted one: a promotion may have given it a slot meanwhile
+        self.give_back(assignment["task_id"], assignment["volunteer_id"])
         return after
 
     def give_back(self, task_id: str, volunteer_id: str) -> None:
@@ -140,17 +147,19 @@ class SlotKeeper:
             if after is None:
                 return  # another replica promoted someone: it carries on from there
             waiting = self.store.live_assignment(domain.live_key(task["_id"], chosen))
-            if waiting is not None:
-                self.offer_reserved(waiting, after)
+            if waiting is None or waiting["status"] != "waitlisted" \
+                    or not self.offer_reserved(waiting, after):
+                self.give_back(task["_id"], chosen)  # they left the line meanwhile
+                return
             task = after
 
-    def offer_reserved(self, waiting: Mapping[str, Any], task: Mapping[str, Any]) -> None:
+    def offer_reserved(self, waiting: Mapping[str, Any], task: Mapping[str, Any]) -> bool:
         expires = self.policy.offer_expiry(task, self.now)
         set_ = domain.move(waiting, "offered", self.now, offer_kind="reserved", due_at=expires,
                            offer_expires_at=expires)
-        self._write_assignment(waiting, set_, [domain.assignment_event(
+        return self._write_assignment(waiting, set_, [domain.assignment_event(
             events.ASSIGNMENT_OFFERED, waiting, source="waitlist",
-            offer_expires_at=expires.isoformat())])
+            offer_expires_at=expires.isoformat())]) is not None
 
     def settle(self, task: Mapping[str, Any]) -> None:
         """Flip open/filled to match the free count; each flip happens once."""
@@ -197,7 +206,7 @@ class SlotKeeper:
         if status == "claiming":
             task = self.store.task(assignment["task_id"])
             if assignment["volunteer_id"] in task["holders"]:
-                self._confirm(assignment, task, publish_event=False)
+                self._confirm(assignment, task)
                 return "accepted"
             done = self.store.update_assignment(assignment, {"status": "expired"}, [],
                                                 live=False, unset=("due_at",))

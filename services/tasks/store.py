@@ -15,7 +15,15 @@ from pymongo import ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
 from services.common.errors import Conflict, NotFound
-from services.common.storage import HIDDEN, BaseStore, Index, asc, new_with_outbox, with_outbox
+from services.common.storage import (
+    HIDDEN,
+    BaseStore,
+    Contention,
+    Index,
+    asc,
+    new_with_outbox,
+    with_outbox,
+)
 
 TASKS = "tasks"
 ASSIGNMENTS = "assignments"
@@ -201,12 +209,15 @@ class TasksStore(BaseStore):
                                          "version": 1 << 62}, upsert=True)
         for assignment in self.db[ASSIGNMENTS].find({"volunteer_id": volunteer_id}):
             hours = [{**entry, "note": None} for entry in assignment.get("hours", [])]
-            self.compare_and_replace(ASSIGNMENTS, assignment["_id"], assignment["version"],
-                                     {"hours": hours}, [],
-                                     unset=("note", "feedback.volunteer.comment",
-                                            "feedback.organisation.comment"))
-        self.db[CREDENTIALS].update_many({"volunteer_id": volunteer_id},
-                                         {"$unset": {"token": ""}})
+            if self.compare_and_replace(ASSIGNMENTS, assignment["_id"], assignment["version"],
+                                        {"hours": hours}, [],
+                                        unset=("note", "feedback.volunteer.comment",
+                                               "feedback.organisation.comment")) is None:
+                raise Contention(f"assignment {assignment['_id']} changed during erasure")
+        for held in self.db[CREDENTIALS].find({"volunteer_id": volunteer_id}):
+            if self.compare_and_replace(CREDENTIALS, held["_id"], held["version"], {}, [],
+                                        unset=("token",)) is None:
+                raise Contention(f"credential {held['_id']} changed during erasure")
         self.db[CALENDAR_TOKENS].delete_many({"volunteer_id": volunteer_id})
 
     # -- calendar feed tokens -------------------------------------------------------------

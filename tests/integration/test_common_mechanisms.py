@@ -78,7 +78,9 @@ def test_consumer_is_idempotent_and_survives_bad_events(container_factory: Any,
                          now=datetime.now(UTC))
     poison = make_envelope(DomainEvent(TYPE, "vol_2", {"poison": True}),
                            source="/sanad/registry", now=datetime.now(UTC))
-    for message in (good, good, {"not": "an envelope"}, poison, good):
+    injected = make_envelope(DomainEvent(TYPE, "vol_3", {"volunteer_id": {"$ne": None}}),
+                             source="/sanad/registry", now=datetime.now(UTC))
+    for message in (good, good, {"not": "an envelope"}, poison, good, injected):
         dispatch("registry", TYPE, message)
     port = metrics_of(container).port
 
@@ -89,9 +91,9 @@ def test_consumer_is_idempotent_and_survives_bad_events(container_factory: Any,
             if line.startswith("sanad_events_consumed_total{"):
                 outcome = line.split('outcome="')[1].split('"')[0]
                 found[outcome] = found.get(outcome, 0) + float(line.rsplit(" ", 1)[1])
-        return found if sum(found.values()) >= 5 else {}
+        return found if sum(found.values()) >= 6 else {}
 
-    assert wait_for(consumed) == {"processed": 1, "duplicate": 2, "rejected": 2}
+    assert wait_for(consumed) == {"processed": 1, "duplicate": 2, "rejected": 3}
     assert list(db("downstream").handled.find()) == [{"_id": good["id"], "n": 1}]
 
 
@@ -148,7 +150,7 @@ def test_concurrent_updates_one_version_one_winner(registry: Any, rpc: Any) -> N
 
 
 def test_csv_import_reports_every_row(registry: Any, config: dict[str, Any], tmp_path: Path,
-                                      db: Any) -> None:
+                                      db: Any, rpc: Any) -> None:
     source = tmp_path / "volunteers.csv"
     rows = [
         ["Email", "Name", "Languages", "Skills", "Availability", "Timezone", "Country"],
@@ -173,6 +175,15 @@ def test_csv_import_reports_every_row(registry: Any, config: dict[str, Any], tmp
     assert [line["row"] for line in lines] == ["2", "3", "4", "5", "6", "7"]
     assert "email" in json.loads(lines[2]["errors"])
     assert "availability" in json.loads(lines[4]["errors"])
+    # a volunteer who registered themselves is not overwritten by an NGO's spreadsheet
+    rpc("registry", roles=("volunteer",), user_id="u_self").register_volunteer(
+        volunteer("self@example.org"))
+    again = tmp_path / "again.csv"
+    with again.open("w", encoding="utf-8", newline="") as fh:
+        csv.writer(fh).writerows([["email", "name", "timezone"],
+                                  ["SELF@example.org", "Someone Else", "UTC"]])
+    assert cli.import_file(again, "2026-01", None, config, "u_coord",
+                           out=io.StringIO()) == {"rejected": 1}
     lina = db("registry")[VOLUNTEERS].find_one({"email_norm": "lina@example.org"})
     assert lina["name"] == "Lina H." and lina["source"] == "import"
     # blank cells in the second row kept what the first one gave

@@ -62,7 +62,7 @@ def test_update_with_stale_version_conflicts_and_changes_nothing(system: Any, ta
     assert event["data"]["volunteer"]["version"] == 2
 
 
-def test_pause_resume_and_vetting(system: Any, tap: Any) -> None:
+def test_pause_resume_and_vetting(system: Any, tap: Any, rpc: Any) -> None:
     events = tap("registry")
     vol = system.register_volunteer(volunteer())
     paused = system.pause_volunteer(vol["id"], {"version": 1, "reason": "exams"})
@@ -70,6 +70,9 @@ def test_pause_resume_and_vetting(system: Any, tap: Any) -> None:
     again = system.pause_volunteer(vol["id"], {"version": 2})
     assert again["version"] == 2  # pausing twice changes nothing
     resumed = system.resume_volunteer(vol["id"], {"version": 2})
+    with pytest.raises(Forbidden):  # vetting is the platform's decision, not a coordinator's
+        rpc("registry", roles=("coordinator",), user_id="u_c").set_vetting(
+            vol["id"], {"kind": "criminal_record", "state": "cleared", "version": 3})
     vetted = system.set_vetting(vol["id"], {"kind": "criminal_record", "state": "cleared",
                                             "valid_until": "2099-01-31", "version": 3})
     assert resumed["status"] == "active"

@@ -127,6 +127,8 @@ def test_caller_round_trips_and_refuses_by_default() -> None:
     caller = parse_caller(caller_context("u1", ["coordinator"], ["org_1"])["caller"])
     assert caller == Caller("u1", frozenset({"coordinator"}), frozenset({"org_1"}))
     assert parse_caller("{not json") == Caller()
+    for odd in ("[]", '"x"', "1", "null"):
+        assert parse_caller(odd) == Caller()  # valid JSON, not an identity
     with pytest.raises(Forbidden):
         Caller().require("coordinator")
     with pytest.raises(Forbidden):
