@@ -212,9 +212,10 @@ def set_status(doc: Mapping[str, Any], status: str, reason: str | None,
     event_type = events.VOLUNTEER_PAUSED if status == "paused" else events.VOLUNTEER_RESUMED
     after = {**doc, "status": status, "version": doc["version"] + 1}
     return Change(set={"status": status, "status_reason": reason, "updated_at": now},
+                  # the reason is the volunteer's own words (exams, illness): kept here,
+                  # not broadcast
                   events=[DomainEvent(event_type, doc["_id"],
-                                      {"volunteer": volunteer_snapshot(after),
-                                       "reason": reason})])
+                                      {"volunteer": volunteer_snapshot(after)})])
 
 
 def set_vetting(doc: Mapping[str, Any], kind: str, state: str, valid_until: date | None,

@@ -59,7 +59,6 @@ class VolunteerChanged(_Data):
 
     volunteer = fields.Nested(VolunteerSnapshot, required=True)
     changed = fields.List(fields.String())
-    reason = fields.String(allow_none=True)
 
 
 class VolunteerErased(_Data):
