@@ -520,3 +520,30 @@ def jwt_kid(token: str) -> str:
     import jwt
 
     return jwt.get_unverified_header(token)["kid"]
+
+
+def test_accept_racing_an_expired_offer_gives_the_slot_back(world: World, db: Any) -> None:
+    """The offer expires between accept's read and its claim: no slot kept, nothing
+    announced (the service's own steps, driven in the losing order)."""
+    from services.common.envelope import make_envelope
+    from services.tasks import domain as tasks_domain
+    from services.tasks.slots import SlotKeeper
+    from services.tasks.store import TasksStore
+
+    task = world.task(slots=1)
+    vol = world.volunteer(1)
+    offer = world.coordinator.offer(task["id"], {"volunteer_id": vol})
+    store = TasksStore(db("tasks"))
+    stale = store.assignment(offer["id"])  # what accept read
+    keeper = SlotKeeper(
+        store, lambda evts, now: [make_envelope(e, source="/sanad/tasks", now=now)
+                                  for e in evts],
+        lambda collection, doc_id, envelopes: 0, tasks_domain.Policy(), datetime.now(UTC))
+    keeper.expire_due(stale)  # the timer wins the race
+    with pytest.raises(Conflict):
+        keeper.accept(store.task(task["id"]), vol, stale)
+    after = db("tasks").tasks.find_one({"_id": task["id"]})
+    assert after["free"] == 1 and after["holders"] == []
+    pending = [e["event"]["type"] for e in (after.get("outbox") or {}).values()]
+    assert "sanad.assignment.accepted.v1" not in pending
+    assert store.assignment(offer["id"])["status"] == "expired"
