@@ -63,7 +63,7 @@ def test_two_replicas_race_for_five_slots(cluster: dict[str, Any], db: Any,
         pending = [rpc.registry.register_volunteer.call_async(volunteer(f"r{n}@example.org"))
                    for n in range(VOLUNTEERS)]
         vols = [reply.result()["id"] for reply in pending]
-    wait_for(lambda: db("tasks").volunteers.count_documents({}) == VOLUNTEERS, timeout=60)
+    wait_for(lambda: db("tasks").volunteers.count_documents({}) == VOLUNTEERS, timeout=120)
     wait_for(lambda: (db("tasks").organisations.find_one({"_id": org_id}) or {})
              .get("status") == "verified")
 
@@ -117,7 +117,7 @@ def test_two_replicas_race_for_five_slots(cluster: dict[str, Any], db: Any,
         found = [e for e in events.drain() if e["type"] == "sanad.assignment.offered.v1"]
         return found if len(found) >= 2 else []
 
-    offers = wait_for(second_offer, timeout=30)
+    offers = wait_for(second_offer, timeout=90)
     eventlet.sleep(2)
     types = Counter(e["type"] for e in events.drain())
     assert types["sanad.task.filled.v1"] == 1
