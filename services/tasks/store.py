@@ -223,9 +223,15 @@ class TasksStore(BaseStore):
     # -- calendar feed tokens -------------------------------------------------------------
     def set_calendar_token(self, volunteer_id: str, token_hash: str, now: datetime) -> None:
         """One live token per volunteer: a new one replaces (revokes) the old."""
-        self.db[CALENDAR_TOKENS].delete_many({"volunteer_id": volunteer_id})
-        self.db[CALENDAR_TOKENS].insert_one({"_id": token_hash, "volunteer_id": volunteer_id,
-                                             "created_at": now})
+        for _ in range(3):  # two rotations at once: the last one wins
+            self.db[CALENDAR_TOKENS].delete_many({"volunteer_id": volunteer_id})
+            try:
+                self.db[CALENDAR_TOKENS].insert_one(
+                    {"_id": token_hash, "volunteer_id": volunteer_id, "created_at": now})
+                return
+            except DuplicateKeyError:
+                continue
+        raise Conflict("The calendar link is being changed; try again.", {})
 
     def calendar_owner(self, token_hash: str) -> str | None:
         doc = self.db[CALENDAR_TOKENS].find_one({"_id": token_hash})
