@@ -587,25 +587,26 @@ def raw_round_trips(amqp_uri: str, count: int, nameko_like: bool) -> list[float]
 
 
 # -- 2-4. nameko RPC --------------------------------------------------------------------------
-def register_concurrently(stack: Stack, rows: list[dict[str, str]], callers: int
-                          ) -> tuple[float, list[float], int]:
+def run_concurrently(config: dict[str, Any], items: Sequence[Any],
+                     call: Callable[[Any, Any], Any], callers: int
+                     ) -> tuple[float, list[float], list[BaseException]]:
     """`callers` greenthreads, each with its own ClusterRpcProxy (own connection and reply
-    queue), share the rows; returns (wall seconds, per-call seconds, failures)."""
-    todo = iter(rows)
+    queue), share the items; returns (wall seconds, per-call seconds, failures)."""
+    todo = iter(items)
     latencies: list[float] = []
     failures: list[BaseException] = []
     go = eventlet.event.Event()
     ready = eventlet.semaphore.Semaphore(0)
 
     def caller() -> None:
-        with ClusterRpcProxy(stack.config, context_data=SYSTEM_CONTEXT, timeout=60) as rpc:
+        with ClusterRpcProxy(config, context_data=SYSTEM_CONTEXT, timeout=60) as rpc:
             rpc.bench_ping.ping()  # connection and reply queue up before the clock starts
             ready.release()
             go.wait()
-            for row in todo:
+            for item in todo:
                 started = time.perf_counter()
                 try:
-                    rpc.registry.register_volunteer(registration(row))
+                    call(rpc, item)
                 except Exception as exc:  # noqa: BLE001 - counted and shown
                     failures.append(exc)
                 latencies.append(time.perf_counter() - started)
@@ -622,6 +623,14 @@ def register_concurrently(stack: Stack, rows: list[dict[str, str]], callers: int
     finally:
         for thread in threads:
             thread.kill()  # no-op for finished ones; stops the rest on Ctrl-C
+    return wall, latencies, failures
+
+
+def register_concurrently(stack: Stack, rows: list[dict[str, str]], callers: int
+                          ) -> tuple[float, list[float], int]:
+    wall, latencies, failures = run_concurrently(
+        stack.config, rows, lambda rpc, row: rpc.registry.register_volunteer(registration(row)),
+        callers)
     if failures:
         print(f"warning: {len(failures)} registrations failed, e.g. {failures[0]!r}",
               file=sys.stderr)

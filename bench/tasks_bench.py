@@ -61,8 +61,6 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # `python bench/x.py` puts bench/ first, not the root
 
 import bson  # noqa: E402
-from eventlet.event import Event  # noqa: E402
-from eventlet.semaphore import Semaphore  # noqa: E402
 from kombu import Connection  # noqa: E402
 from nameko.standalone.events import event_dispatcher, get_event_exchange  # noqa: E402
 from nameko.standalone.rpc import ClusterRpcProxy  # noqa: E402
@@ -93,6 +91,7 @@ from bench.registry_bench import (  # noqa: E402
     print_table,
     proc_status_kb,
     registration,
+    run_concurrently,
     service_env,
     store_pid,
     timed,
@@ -341,42 +340,6 @@ def claim_plan(task_ids: Sequence[str], volunteer_ids: Sequence[str], count: int
 
 
 # -- 1-2. claims ------------------------------------------------------------------------------
-def run_concurrently(config: dict[str, Any], items: Sequence[Any],
-                     call: Callable[[Any, Any], Any], callers: int
-                     ) -> tuple[float, list[float], list[BaseException]]:
-    """`callers` greenthreads, each with its own ClusterRpcProxy (own connection and reply
-    queue), share the items; returns (wall seconds, per-call seconds, failures)."""
-    todo = iter(items)
-    latencies: list[float] = []
-    failures: list[BaseException] = []
-    go, ready = Event(), Semaphore(0)
-
-    def caller() -> None:
-        with ClusterRpcProxy(config, context_data=SYSTEM_CONTEXT, timeout=60) as rpc:
-            rpc.bench_ping.ping()  # connection and reply queue up before the clock starts
-            ready.release()
-            go.wait()
-            for item in todo:
-                started = time.perf_counter()
-                try:
-                    call(rpc, item)
-                except Exception as exc:  # noqa: BLE001 - counted and shown
-                    failures.append(exc)
-                latencies.append(time.perf_counter() - started)
-
-    threads = [eventlet.spawn(caller) for _ in range(callers)]
-    try:
-        for _ in range(callers):
-            ready.acquire()
-        started = time.perf_counter()
-        go.send()
-        for thread in threads:
-            thread.wait()
-        wall = time.perf_counter() - started
-    finally:
-        for thread in threads:
-            thread.kill()  # no-op for finished ones; stops the rest on Ctrl-C
-    return wall, latencies, failures
 
 
 class CommandTimes(monitoring.CommandListener):
