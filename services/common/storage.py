@@ -90,6 +90,12 @@ def apply_changes(doc: Mapping[str, Any], set_: Mapping[str, Any],
     return out
 
 
+def _ack(doc_id: str, event_id: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Filter and update that drop one published event, only if it is still pending."""
+    return ({"_id": doc_id, f"outbox.{event_id}": {"$exists": True}},
+            {"$unset": {f"outbox.{event_id}": ""}, "$inc": {"outbox_n": -1}})
+
+
 def visible(doc: Mapping[str, Any] | None) -> dict[str, Any] | None:
     """A stored document without the outbox bookkeeping."""
     if doc is None:
@@ -146,10 +152,7 @@ class BaseStore:
     # -- outbox ---------------------------------------------------------------------
     def outbox_ack(self, collection: str, doc_id: str, event_id: str) -> bool:
         """Drop one published event; a second ack of the same event is a no-op."""
-        result = self.db[collection].update_one(
-            {"_id": doc_id, f"outbox.{event_id}": {"$exists": True}},
-            {"$unset": {f"outbox.{event_id}": ""}, "$inc": {"outbox_n": -1}},
-        )
+        result = self.db[collection].update_one(*_ack(doc_id, event_id))
         return result.modified_count == 1
 
     def outbox_claim(self, collection: str, now: datetime, lease: timedelta
@@ -179,9 +182,7 @@ class BaseStore:
         """Drop many published events in one round trip: (collection, doc id, event id)."""
         by_collection: dict[str, list[UpdateOne]] = {}
         for collection, doc_id, event_id in acks:
-            by_collection.setdefault(collection, []).append(UpdateOne(
-                {"_id": doc_id, f"outbox.{event_id}": {"$exists": True}},
-                {"$unset": {f"outbox.{event_id}": ""}, "$inc": {"outbox_n": -1}}))
+            by_collection.setdefault(collection, []).append(UpdateOne(*_ack(doc_id, event_id)))
         for collection, ops in by_collection.items():
             self.db[collection].bulk_write(ops, ordered=False)
 

@@ -97,53 +97,42 @@ class RegistryStore(BaseStore):
         if result.matched_count != 1:
             raise Conflict(f"The {what} changed meanwhile; try again.", {"version": []})
 
-    def add_feedback(self, volunteer_id: str, key: str, entry: Mapping[str, Any]) -> bool:
-        """Ratings the volunteer received or gave, once per assignment and side.
+    def _once(self, volunteer_id: str, keys_field: str, key: str, limit: int,
+              fields: Iterable[str], change: Any) -> bool:
+        """Apply `change(doc)` to a live volunteer once per `key` (kept in `keys_field`).
 
-        Read-modify-write under the version, not `$push`: nx-27017 stores pushed
-        sub-documents as JSON strings (docs/store-compatibility.md).
+        Read-modify-write under the version, like every other change of a volunteer: a
+        `$inc`/`$push` beside a whole-document replace (compare_and_replace) could be
+        overwritten by it, and nx-27017 stores pushed sub-documents as JSON strings.
         """
+        projection = {name: 1 for name in ("version", "status", keys_field, *fields)}
         for _ in range(5):  # a concurrent profile update wins the CAS: read again
-            doc = self.db[VOLUNTEERS].find_one({"_id": volunteer_id},
-                                               {"version": 1, "status": 1, "feedback": 1,
-                                                "feedback_keys": 1})
+            doc = self.db[VOLUNTEERS].find_one({"_id": volunteer_id}, projection)
             if doc is None or doc["status"] not in ("active", "paused") \
-                    or key in doc.get("feedback_keys", []):
+                    or key in doc.get(keys_field, []):
                 return False
-            changes = {"feedback": [*doc.get("feedback", []), dict(entry)][-200:],
-                       "feedback_keys": [*doc.get("feedback_keys", []), key][-200:]}
+            changes = {**change(doc), keys_field: [*doc.get(keys_field, []), key][-limit:]}
             if self.compare_and_replace(VOLUNTEERS, volunteer_id, doc["version"], changes,
                                         []) is not None:
                 return True
         raise Contention(f"volunteer {volunteer_id} kept changing")
+
+    def add_feedback(self, volunteer_id: str, key: str, entry: Mapping[str, Any]) -> bool:
+        """Ratings the volunteer received or gave, once per assignment and side."""
+        return self._once(volunteer_id, "feedback_keys", key, 200, ("feedback",),
+                          lambda doc: {"feedback": [*doc.get("feedback", []),
+                                                    dict(entry)][-200:]})
 
     def credit(self, volunteer_id: str, credit_id: str, inc: Mapping[str, float]) -> bool:
-        """Add verified hours once per credit id, even if the event is handled twice.
+        """Add verified hours once per credit id, even if the event is handled twice."""
+        def add(doc: dict[str, Any]) -> dict[str, Any]:
+            totals = {"verified_hours": float(doc.get("verified_hours") or 0),
+                      **{f"hours_by_skill.{skill}": float(hours) for skill, hours
+                         in (doc.get("hours_by_skill") or {}).items()}}
+            return {path: totals.get(path, 0.0) + amount for path, amount in inc.items()}
 
-        Under the version like every other change of a volunteer: an `$inc` beside a
-        whole-document replace (compare_and_replace) could be overwritten by it.
-        """
-        for _ in range(5):
-            doc = self.db[VOLUNTEERS].find_one(
-                {"_id": volunteer_id},
-                {"version": 1, "status": 1, "credited": 1, "verified_hours": 1,
-                 "hours_by_skill": 1})
-            if doc is None or doc["status"] not in ("active", "paused") \
-                    or credit_id in doc.get("credited", []):
-                return False
-            changes: dict[str, Any] = {"credited": [*doc.get("credited", []),
-                                                    credit_id][-2000:]}
-            for path, amount in inc.items():
-                if path == "verified_hours":
-                    changes[path] = float(doc.get("verified_hours") or 0) + amount
-                else:
-                    skill = path.split(".", 1)[1]
-                    changes[path] = float((doc.get("hours_by_skill") or {}).get(skill, 0)) \
-                        + amount
-            if self.compare_and_replace(VOLUNTEERS, volunteer_id, doc["version"], changes,
-                                        []) is not None:
-                return True
-        raise Contention(f"volunteer {volunteer_id} kept changing")
+        return self._once(volunteer_id, "credited", credit_id, 2000,
+                          ("verified_hours", "hours_by_skill"), add)
 
     # -- volunteers -------------------------------------------------------------------
     def volunteer_by_email(self, email_norm: str) -> dict[str, Any] | None:
@@ -203,11 +192,6 @@ class RegistryStore(BaseStore):
         next_cursor = docs[limit - 1]["_id"] if len(docs) > limit else None
         return docs[:limit], next_cursor
 
-    def all_documents(self) -> Iterable[tuple[str, dict[str, Any]]]:
-        """Every document of every collection (privacy checks and tests)."""
-        for name in self.db.list_collection_names():
-            for doc in self.db[name].find():
-                yield name, doc
 
 
 def _duplicate_fields(exc: DuplicateKeyError) -> dict[str, list[str]]:
