@@ -108,7 +108,7 @@ from services.common.storage import HIDDEN, new_with_outbox  # noqa: E402
 from services.registry.taxonomy import default_taxonomy  # noqa: E402
 from services.tasks import domain, events, schemas  # noqa: E402
 from services.tasks.slots import SlotKeeper  # noqa: E402
-from services.tasks.store import TASKS, VOLUNTEERS, TasksStore  # noqa: E402
+from services.tasks.store import FOR_CLAIM, TASKS, VOLUNTEERS, TasksStore  # noqa: E402
 from tests.support import nx_store, rabbit_vhost, wait_for  # noqa: E402
 
 TASKS_MODULE = "services.tasks.service:TasksService"
@@ -372,7 +372,7 @@ def store_only_claims(mongo_uri: str, template_id: str, volunteer_ids: list[str]
                       tasks: int, count: int, rng: random.Random
                       ) -> tuple[list[float], dict[str, list[float]]]:
     """The store work of `tasks.accept` without nameko or the broker: the service's own
-    reads (task, live assignment, volunteer snapshot) and SlotKeeper.accept on TasksStore,
+    reads (task, volunteer snapshot) and SlotKeeper.accept on TasksStore, as the volunteer,
     from this process, in a database of its own (copies of a claim task, no holders, and
     of the volunteer snapshots). Nothing is published; each claim's events are acknowledged
     after it, untimed and uncounted, as the service acks them in batches off the request
@@ -410,10 +410,9 @@ def store_only_claims(mongo_uri: str, template_id: str, volunteer_ids: list[str]
             commands.recording = True  # the warm-up claims too: stats are per claim
             started = time.perf_counter()
             now = ServiceBase.now()
-            task = store.task(task_id)
-            existing = store.live_assignment(domain.live_key(task_id, volunteer_id))
+            task = store.task(task_id, FOR_CLAIM)
             domain.check_eligible(task, store.snapshot(VOLUNTEERS, volunteer_id))
-            SlotKeeper(store, wrap, publish, policy, now).accept(task, volunteer_id, existing)
+            SlotKeeper(store, wrap, publish, policy, now).accept(task, volunteer_id)
             elapsed = time.perf_counter() - started
             commands.recording = False
             if acks:

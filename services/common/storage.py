@@ -124,8 +124,8 @@ class BaseStore:
 
     def compare_and_replace(self, collection: str, doc_id: str, version: int,
                             set_: Mapping[str, Any], envelopes: Iterable[Mapping[str, Any]],
-                            unset: Iterable[str] = (), match: Mapping[str, Any] | None = None
-                            ) -> dict[str, Any] | None:
+                            unset: Iterable[str] = (), match: Mapping[str, Any] | None = None,
+                            stored: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
         """Apply a change to one document if it is still at `version`; None otherwise.
 
         The new document is computed here and written with a conditional replace, not
@@ -135,9 +135,15 @@ class BaseStore:
 
         `match` adds fields that must be unchanged too: counters that other atomic
         updates of the same document bump without touching `version`.
+
+        `stored` is the document exactly as this caller just wrote it (outbox fields
+        included), to save the read. Safe because every write that adds events also
+        bumps `version`: if the guard still matches, nothing but acks and relay leases
+        can have touched it, and a replace that revives an acked event only publishes it
+        once more to idempotent consumers.
         """
         guard = {"_id": doc_id, "version": version, **(match or {})}
-        before = self.db[collection].find_one(guard)
+        before = stored if stored is not None else self.db[collection].find_one(guard)
         if before is None:
             return None
         after = apply_changes(before, set_, unset)

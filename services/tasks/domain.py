@@ -150,10 +150,13 @@ def schedule_bounds(schedule: Mapping[str, Any], timezone: str,
 
 
 # -- tasks -------------------------------------------------------------------------------
+def is_org_member(caller: Caller, org_id: str) -> bool:
+    """A coordinator of this organisation (or a platform admin)."""
+    return caller.is_admin or (org_id in caller.org_ids and caller.has_any(COORDINATOR))
+
+
 def require_org_member(caller: Caller, org_id: str) -> None:
-    if caller.is_admin:
-        return
-    if org_id not in caller.org_ids or not caller.has_any(COORDINATOR):
+    if not is_org_member(caller, org_id):
         raise Forbidden("Not allowed.", {"organisation_id": [
             "Only a coordinator of this organisation may."]})
 

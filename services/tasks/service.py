@@ -33,6 +33,7 @@ from services.tasks.slots import SlotKeeper
 from services.tasks.store import (
     ASSIGNMENTS,
     CREDENTIALS,
+    FOR_CLAIM,
     ORGANISATIONS,
     TASKS,
     VOLUNTEERS,
@@ -237,16 +238,19 @@ class TasksService(ServiceBase, OutboxRelay):
 
     @rpc
     def accept(self, task_id: Any, volunteer_id: Any) -> dict[str, Any]:
-        """Take a slot: accept an offer, or sign up directly while slots are free."""
+        """Take a slot: accept an offer or sign up while slots are free (the volunteer),
+        or accept an application (a coordinator of the task's organisation)."""
         volunteer_id = check_id(volunteer_id, "vol", "volunteer_id")
-        task = self._task(task_id)
-        existing = self.store.live_assignment(domain.live_key(task["_id"], volunteer_id))
-        if existing and existing["status"] == "applied":
-            domain.require_org_member(self.caller, task["organisation_id"])  # approval
-            domain.check_eligible(task, self.store.snapshot(VOLUNTEERS, volunteer_id))
-        else:
-            self._volunteer_action(task, volunteer_id)
-        return self._reply(self._slots().accept(task, volunteer_id, existing))
+        task = self.store.task(check_id(task_id, "tsk", "task_id"), FOR_CLAIM)
+        may_approve = domain.is_org_member(self.caller, task["organisation_id"])
+        existing = None  # for the volunteer themself, the claim finds it
+        if not (self.caller.is_admin or self.caller.user_id == volunteer_id):
+            existing = self.store.live_assignment(domain.live_key(task["_id"], volunteer_id))
+            if existing is None or existing["status"] != "applied":
+                domain.require_self(self.caller, volunteer_id)
+            domain.require_org_member(self.caller, task["organisation_id"])
+        domain.check_eligible(task, self.store.snapshot(VOLUNTEERS, volunteer_id))
+        return self._reply(self._slots().accept(task, volunteer_id, existing, may_approve))
 
     @rpc
     def apply(self, task_id: Any, volunteer_id: Any) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from services.common.envelope import DomainEvent
-from services.common.errors import Conflict
+from services.common.errors import Conflict, Forbidden
 from services.common.ids import new_id
 from services.tasks import domain, events
 from services.tasks.store import ASSIGNMENTS, TASKS, VOLUNTEERS, TasksStore
@@ -41,9 +41,10 @@ class SlotKeeper:
     # -- small helpers ----------------------------------------------------------------
     def _write_assignment(self, doc: Mapping[str, Any], set_: Mapping[str, Any],
                           evts: Iterable[DomainEvent], live: bool = True,
-                          unset: Iterable[str] = ()) -> dict[str, Any] | None:
+                          unset: Iterable[str] = (), stored: Mapping[str, Any] | None = None
+                          ) -> dict[str, Any] | None:
         envelopes = self.wrap(evts, self.now)
-        after = self.store.update_assignment(doc, set_, envelopes, live, unset)
+        after = self.store.update_assignment(doc, set_, envelopes, live, unset, stored)
         if after is not None:
             self.publish(ASSIGNMENTS, doc["_id"], envelopes)
         return after
@@ -58,8 +59,25 @@ class SlotKeeper:
 
     # -- claim ------------------------------------------------------------------------
     def accept(self, task: Mapping[str, Any], volunteer_id: str,
-               existing: Mapping[str, Any] | None) -> dict[str, Any]:
-        """Give the volunteer a slot; Conflict when none is free."""
+               existing: Mapping[str, Any] | None = None, may_approve: bool = False
+               ) -> dict[str, Any]:
+        """Give the volunteer a slot; Conflict when none is free.
+
+        Without `existing`, a sign-up starts by inserting its live assignment: the common
+        case (no earlier assignment) then costs no read to learn that there was none.
+        `may_approve`: the caller may turn an application into an accepted assignment.
+        """
+        if existing is None:
+            if task["status"] in domain.CLAIMABLE:
+                fresh = self._new_claiming(task, volunteer_id)
+                stored = self.store.insert_assignment_if_none(fresh, [])
+                if stored is not None:
+                    return self._claim(task, volunteer_id, fresh, stored)
+            # an offer, an application, or a slot kept from the waitlist
+            existing = self.store.live_assignment(domain.live_key(task["_id"], volunteer_id))
+        if existing and existing["status"] == "applied" and not may_approve:
+            raise Forbidden("Not allowed.", {"organisation_id": [
+                "An application is accepted by a coordinator of the organisation."]})
         if existing and existing["status"] in domain.HOLDS_SLOT:
             return dict(existing)  # accepting twice is not an error
         if existing and existing["status"] == "offered" \
@@ -69,26 +87,33 @@ class SlotKeeper:
             raise Conflict("No free slot on this task.", {"task_id": [
                 f"Task is {task['status']}; join the waitlist instead."
                 if task["status"] == "filled" else f"Task is {task['status']}."]})
-        assignment = dict(existing) if existing and existing["status"] in (
-            "applied", "offered", "claiming", "waitlisted") else None
-        if assignment is None:
-            assignment = domain.new_assignment(new_id("asg"), task, volunteer_id, "claiming",
-                                               self.now, due_at=self.now + CLAIM_WINDOW)
-            self.store.insert_assignment(assignment, [])
+        if existing and existing["status"] in ("applied", "offered", "claiming", "waitlisted"):
+            return self._claim(task, volunteer_id, existing, None)
+        fresh = self._new_claiming(task, volunteer_id)
+        return self._claim(task, volunteer_id, fresh, self.store.insert_assignment(fresh, []))
+
+    def _new_claiming(self, task: Mapping[str, Any], volunteer_id: str) -> dict[str, Any]:
+        return domain.new_assignment(new_id("asg"), task, volunteer_id, "claiming", self.now,
+                                     due_at=self.now + CLAIM_WINDOW)
+
+    def _claim(self, task: Mapping[str, Any], volunteer_id: str,
+               assignment: Mapping[str, Any], stored: Mapping[str, Any] | None
+               ) -> dict[str, Any]:
+        """Take the slot, then confirm the live assignment (`stored`: as just inserted)."""
         after = self._task_step(
             lambda env: self.store.claim_slot(task["_id"], volunteer_id, domain.CLAIMABLE, env),
             task["_id"], [])
         if after is None:
-            current = self.store.task(task["_id"])
-            if volunteer_id not in current["holders"]:
+            after = self.store.holds_slot(task["_id"], volunteer_id)
+            if after is None:
                 if assignment["status"] == "claiming":
                     self.store.update_assignment(assignment, {"status": "expired"}, [],
-                                                 live=False)
+                                                 live=False, stored=stored)
                 raise Conflict("No free slot on this task.", {"task_id": [
                     "All slots are taken; join the waitlist to be offered the next one."]})
-            after = current  # a retry after a crash between the two writes
+            # else: a retry after a crash between the two writes
         try:
-            confirmed = self._confirm(assignment, after)
+            confirmed = self._confirm(assignment, after, stored)
         except Conflict:
             # the assignment moved meanwhile (offer expired, declined): unless it is
             # accepted after all, the slot just taken goes back
@@ -100,15 +125,16 @@ class SlotKeeper:
         self.settle(after)
         return confirmed
 
-    def _confirm(self, assignment: Mapping[str, Any], task: Mapping[str, Any]
-                 ) -> dict[str, Any]:
+    def _confirm(self, assignment: Mapping[str, Any], task: Mapping[str, Any],
+                 stored: Mapping[str, Any] | None = None) -> dict[str, Any]:
         start_by = max(task.get("starts_at") or self.now, self.now) + timedelta(
             hours=self.policy.start_grace_hours)
         set_ = {"status": "accepted", "accepted_at": self.now, "due_at": start_by,
                 "history": [*assignment.get("history", []),
                             {"status": "accepted", "at": self.now}][-50:]}
         evts = [domain.assignment_event(events.ASSIGNMENT_ACCEPTED, assignment)]
-        after = self._write_assignment(assignment, set_, evts, unset=("offer_kind",))
+        after = self._write_assignment(assignment, set_, evts, unset=("offer_kind",),
+                                       stored=stored)
         if after is None:
             raise Conflict("The assignment changed meanwhile; try again.", {})
         return after

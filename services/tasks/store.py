@@ -34,6 +34,10 @@ CREDENTIALS = "credentials"
 COUNTERS = "counters"
 STATUS_LIST_SIZE = 131072  # bits per W3C Bitstring Status List (the spec's minimum)
 AFTER = ReturnDocument.AFTER
+# what a claim reads and goes on with; not the growing holders and waitlist
+CLAIMED = {"status": 1, "free": 1, "slots": 1, "starts_at": 1}
+# what an accept reads of the task: its rules, not the long lists and texts
+FOR_CLAIM = {**HIDDEN, "holders": 0, "waitlist": 0, "sessions": 0, "description": 0}
 
 
 class TasksStore(BaseStore):
@@ -58,8 +62,8 @@ class TasksStore(BaseStore):
     def insert_task(self, doc: dict[str, Any]) -> None:
         self.db[TASKS].insert_one(new_with_outbox(doc, []))
 
-    def task(self, task_id: str) -> dict[str, Any]:
-        doc = self.db[TASKS].find_one({"_id": task_id}, HIDDEN)
+    def task(self, task_id: str, projection: Mapping[str, int] = HIDDEN) -> dict[str, Any]:
+        doc = self.db[TASKS].find_one({"_id": task_id}, projection)
         if doc is None:
             raise NotFound("No such task.", {"task_id": [task_id]})
         return doc
@@ -78,20 +82,28 @@ class TasksStore(BaseStore):
         return after
 
     def _slots(self, query: dict[str, Any], update: dict[str, Any],
-               envelopes: Iterable[Mapping[str, Any]]) -> dict[str, Any] | None:
+               envelopes: Iterable[Mapping[str, Any]],
+               projection: Mapping[str, int] = HIDDEN) -> dict[str, Any] | None:
         # slots_rev tells a concurrent whole-document edit (update_task) to read again
         update = {**update, "$inc": {**update.get("$inc", {}), "slots_rev": 1}}
         return self.db[TASKS].find_one_and_update(
-            query, with_outbox(update, envelopes), projection=HIDDEN, return_document=AFTER)
+            query, with_outbox(update, envelopes), projection=projection,
+            return_document=AFTER)
 
     def claim_slot(self, task_id: str, volunteer_id: str, statuses: Iterable[str],
                    envelopes: Iterable[Mapping[str, Any]]) -> dict[str, Any] | None:
-        """Take one free slot for a volunteer who holds none; None when there is none."""
+        """Take one free slot for a volunteer who holds none; None when there is none.
+        Returns only what the claim goes on with (CLAIMED): holders grow with the task."""
         return self._slots(
             {"_id": task_id, "status": {"$in": list(statuses)}, "free": {"$gt": 0},
              "holders": {"$nin": [volunteer_id]}},
             {"$inc": {"free": -1}, "$push": {"holders": volunteer_id},
-             "$pull": {"waitlist": volunteer_id}}, envelopes)
+             "$pull": {"waitlist": volunteer_id}}, envelopes, CLAIMED)
+
+    def holds_slot(self, task_id: str, volunteer_id: str) -> dict[str, Any] | None:
+        """The task (as CLAIMED) if the volunteer holds one of its slots."""
+        return self.db[TASKS].find_one({"_id": task_id, "holders": {"$in": [volunteer_id]}},
+                                       CLAIMED)
 
     def release_slot(self, task_id: str, volunteer_id: str,
                      envelopes: Iterable[Mapping[str, Any]]) -> dict[str, Any] | None:
@@ -146,13 +158,25 @@ class TasksStore(BaseStore):
         return docs[:limit], (docs[limit - 1]["_id"] if len(docs) > limit else None)
 
     # -- assignments --------------------------------------------------------------------
-    def insert_assignment(self, doc: dict[str, Any],
-                          envelopes: Iterable[Mapping[str, Any]]) -> None:
-        try:
-            self.db[ASSIGNMENTS].insert_one(new_with_outbox(doc, envelopes))
-        except DuplicateKeyError:
+    def insert_assignment(self, doc: dict[str, Any], envelopes: Iterable[Mapping[str, Any]]
+                          ) -> dict[str, Any]:
+        """Insert; returns the document exactly as stored (see compare_and_replace)."""
+        stored = self.insert_assignment_if_none(doc, envelopes)
+        if stored is None:
             raise Conflict("This volunteer already has a live assignment on this task.",
-                           {"volunteer_id": ["Already applied, offered or assigned."]}) from None
+                           {"volunteer_id": ["Already applied, offered or assigned."]})
+        return stored
+
+    def insert_assignment_if_none(self, doc: dict[str, Any],
+                                  envelopes: Iterable[Mapping[str, Any]]
+                                  ) -> dict[str, Any] | None:
+        """Insert unless the volunteer has a live assignment on the task (None then)."""
+        stored = new_with_outbox(doc, envelopes)
+        try:
+            self.db[ASSIGNMENTS].insert_one(stored)
+        except DuplicateKeyError:
+            return None
+        return stored
 
     def assignment(self, assignment_id: str) -> dict[str, Any]:
         doc = self.db[ASSIGNMENTS].find_one({"_id": assignment_id}, HIDDEN)
@@ -165,11 +189,12 @@ class TasksStore(BaseStore):
 
     def update_assignment(self, doc: Mapping[str, Any], set_: Mapping[str, Any],
                           envelopes: Iterable[Mapping[str, Any]], live: bool = True,
-                          unset: Iterable[str] = ()) -> dict[str, Any] | None:
+                          unset: Iterable[str] = (), stored: Mapping[str, Any] | None = None
+                          ) -> dict[str, Any] | None:
         """CAS on the assignment's version; None when another worker moved it first."""
         gone = [*unset, *([] if live else ["live_key"])]
         return self.compare_and_replace(ASSIGNMENTS, doc["_id"], doc["version"], set_,
-                                        envelopes, gone)
+                                        envelopes, gone, stored=stored)
 
     def assignments_due(self, now: datetime, limit: int) -> list[dict[str, Any]]:
         """Offers past their expiry, accepted volunteers past their start grace."""

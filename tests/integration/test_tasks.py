@@ -142,6 +142,29 @@ def test_claims_fill_the_task_and_waitlist_promotes_on_withdrawal(world: World,
     assert "sanad.task.reopened.v1" not in types
 
 
+def test_an_application_is_accepted_by_the_organisation_not_the_volunteer(
+        world: World, tap: Any) -> None:
+    events = tap("tasks")
+    task = world.task(slots=1)
+    vol, other = world.volunteer(1), world.volunteer(2)
+    applied = world.as_volunteer(vol).apply(task["id"], vol)
+    assert applied["status"] == "applied"
+    with pytest.raises(Conflict):  # one live assignment per volunteer and task
+        world.as_volunteer(vol).apply(task["id"], vol)
+    with pytest.raises(Forbidden):  # applying is asking; the organisation says yes
+        world.as_volunteer(vol).accept(task["id"], vol)
+    with pytest.raises(Forbidden):  # nobody can sign up someone else
+        world.as_volunteer(other).accept(task["id"], vol)
+    with pytest.raises(Forbidden):  # a coordinator accepts applications, not sign-ups
+        world.coordinator.accept(task["id"], other)
+    accepted = world.coordinator.accept(task["id"], vol)
+    assert accepted["id"] == applied["id"] and accepted["status"] == "accepted"
+    assert world.system.get_task(task["id"])["status"] == "filled"
+    types = [e["type"] for e in events.wait(4)]
+    assert types == ["sanad.task.published.v1", "sanad.assignment.applied.v1",
+                     "sanad.assignment.accepted.v1", "sanad.task.filled.v1"]
+
+
 def test_vetting_required_tasks_need_valid_vetting(world: World, rpc: Any, db: Any) -> None:
     task = world.task(slots=3, vetting_required=["child_safeguarding"])
     unvetted = world.volunteer(1)
