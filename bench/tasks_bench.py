@@ -108,7 +108,16 @@ from services.common.storage import HIDDEN, new_with_outbox  # noqa: E402
 from services.registry.taxonomy import default_taxonomy  # noqa: E402
 from services.tasks import domain, events, schemas  # noqa: E402
 from services.tasks.slots import SlotKeeper  # noqa: E402
-from services.tasks.store import FOR_CLAIM, TASKS, VOLUNTEERS, TasksStore  # noqa: E402
+from services.tasks.store import (  # noqa: E402
+    FOR_CLAIM,
+    TASK_INDEX,
+    TASKS,
+    VOLUNTEERS,
+    TasksStore,
+    index_entries,
+    index_key,
+    stored_task,
+)
 from tests.support import nx_store, rabbit_vhost, wait_for  # noqa: E402
 
 TASKS_MODULE = "services.tasks.service:TasksService"
@@ -496,6 +505,8 @@ class TaskLoad:
     count: int = 0
     generate_seconds: float = 0.0
     insert_seconds: float = 0.0
+    index_seconds: float = 0.0
+    index_entries: int = 0
     skills: Counter[str] = field(default_factory=Counter)
     pairs: Counter[tuple[str, str]] = field(default_factory=Counter)
     bytes_sample: int = 0
@@ -561,7 +572,7 @@ class TaskGenerator:
         """Exactly what create_task then publish_task store (after the relay acked)."""
         doc = domain.new_task(new_id("tsk"), load(CREATE, self.payload(n, now)), LOADER, now)
         change = domain.publish(doc, "verified", now)
-        return new_with_outbox({**doc, **change.set, "version": doc["version"] + 1}, [])
+        return stored_task({**doc, **change.set, "version": doc["version"] + 1})
 
 
 def load_tasks(mongo_uri: str, count: int, rng: random.Random, batch: int = 2000
@@ -569,7 +580,7 @@ def load_tasks(mongo_uri: str, count: int, rng: random.Random, batch: int = 2000
     generator, result = TaskGenerator(rng), TaskLoad()
     client: MongoClient = MongoClient(mongo_uri, tz_aware=True)
     try:
-        coll = client[TASKS_DB][TASKS]
+        coll, index = client[TASKS_DB][TASKS], client[TASKS_DB][TASK_INDEX]
         while result.count < count:
             started = time.perf_counter()
             now = ServiceBase.now()
@@ -585,6 +596,12 @@ def load_tasks(mongo_uri: str, count: int, rng: random.Random, batch: int = 2000
             started = time.perf_counter()
             coll.insert_many(docs, ordered=False)
             result.insert_seconds += time.perf_counter() - started
+            # what the service's index_* handlers write from each task's published event
+            started = time.perf_counter()
+            entries = [entry for doc in docs for entry in index_entries(doc)]
+            index.insert_many(entries, ordered=False)
+            result.index_seconds += time.perf_counter() - started
+            result.index_entries += len(entries)
             result.count += len(docs)
             if result.count % 20000 < batch:
                 print(f"  {result.count} tasks loaded", file=sys.stderr, flush=True)
@@ -611,12 +628,14 @@ def search_mix(load_result: TaskLoad, count: int, rng: random.Random
     return mix
 
 
-def mongo_filter(filters: dict[str, str], status: bool = True) -> dict[str, Any]:
+def mongo_filter(filters: dict[str, str]) -> dict[str, Any]:
     """The filter search_tasks builds for {skill_id, language} (services/tasks/service.py)."""
-    query: dict[str, Any] = {"status": "open"} if status else {}
-    query["skill_ids"] = {"$in": [filters["skill_id"]]}
-    query["language_codes"] = {"$in": [filters["language"]]}
-    return query
+    return {"status": "open", "skill_ids": {"$in": [filters["skill_id"]]},
+            "language_codes": {"$in": [filters["language"]]}}
+
+
+def search_key(filters: dict[str, str]) -> str:
+    return index_key("open", filters["skill_id"], filters["language"])
 
 
 def plan_steps(plan: Any) -> list[str]:
@@ -893,8 +912,8 @@ def search_phase(stack: TasksStack, args: argparse.Namespace, rng: random.Random
     stack.snapshot_memory(f"after {loaded.count} tasks")
 
     mix = search_mix(loaded, args.queries, rng)
-    print(f"  {len(mix)} queries, each as search_tasks RPC, through pymongo, and through "
-          "pymongo without `status` ...", file=sys.stderr, flush=True)
+    print(f"  {len(mix)} queries, each as search_tasks RPC (first and next page), through "
+          "pymongo, and as a scan without the index ...", file=sys.stderr, flush=True)
     returned: list[int] = []
     commands = CommandTimes()
     client: MongoClient = MongoClient(stack.mongo_uri, tz_aware=True,
@@ -903,13 +922,30 @@ def search_phase(stack: TasksStack, args: argparse.Namespace, rng: random.Random
         db = client[TASKS_DB]
         store = TasksStore(db)
         with ClusterRpcProxy(stack.config, context_data=SYSTEM_CONTEXT, timeout=120) as rpc:
+            cursors: dict[str, str | None] = {}
+            next_times: list[float] = []  # only queries with a next page
+
+            def first_page(f: dict[str, str]) -> None:
+                page = rpc.tasks.search_tasks(f)
+                returned.append(len(page["items"]))
+                cursors[search_key(f)] = page["next_cursor"]
+
+            def next_page(f: dict[str, str]) -> None:
+                if cursors[search_key(f)]:
+                    started = time.perf_counter()
+                    rpc.tasks.search_tasks({**f, "cursor": cursors[search_key(f)]})
+                    next_times.append(time.perf_counter() - started)
+
             ways: dict[str, Callable[[dict[str, str]], Any]] = {
-                "rpc": lambda f: returned.append(len(rpc.tasks.search_tasks(f)["items"])),
-                "pymongo": lambda f: store.search_tasks(mongo_filter(f), None, 50),
-                "no status": lambda f: store.search_tasks(mongo_filter(f, status=False),
-                                                          None, 50)}
+                "rpc": first_page,
+                "rpc, next page": next_page,
+                "pymongo": lambda f: store.search_indexed(
+                    search_key(f), lambda t: domain.answers(t, {"status": "open", **f}),
+                    None, 50),
+                "scan": lambda f: store.search_tasks(mongo_filter(f), None, 50)}
             interleaved(mix[:2], ways)  # warm up: not counted
             returned.clear()
+            next_times.clear()
             server_before, timers_before = stack.worker_seconds("search_tasks"), \
                 timer_readings(stack)
             before, started = stack.cpu(), time.perf_counter()
@@ -927,19 +963,21 @@ def search_phase(stack: TasksStack, args: argparse.Namespace, rng: random.Random
             commands.recording = True
             timer_times[name] = timed(lambda q=query: q(store, now), 3, warmup=0)
             commands.recording = False
-            explained.append((f"timer {name}", "filter only", commands.filters[0]))
+            explained.append((f"timer {name}", "filter only", TASKS, commands.filters[0]))
         for name, filters in (mix_of(mix, "common skill, common language"),
                               mix_of(mix, "rare skill, rare language")):
             label = f"{name}: {filters['skill_id']} / {filters['language']}"
-            explained += [(label, "filter only", mongo_filter(filters)),
-                          (label, "as searched (sort _id, limit 51, projection)",
-                           mongo_filter(filters))]
+            span = {"key": {"$eq": search_key(filters)}}
+            ids = [e["task_id"] for e in db[TASK_INDEX].find(span).sort("task_id", 1).limit(51)]
+            explained += [
+                (label, f"{TASK_INDEX}: first page", TASK_INDEX, span),
+                (label, f"{TASK_INDEX}: next page", TASK_INDEX,
+                 {**span, "task_id": {"$gt": ids[-1] if ids else ""}}),
+                (label, f"{TASKS}: the page's tasks", TASKS, {"_id": {"$in": ids}}),
+                (label, f"{TASKS}: scan without the index", TASKS, mongo_filter(filters))]
         plans = []
-        for label, variant, query in explained:
-            command: dict[str, Any] = {"find": TASKS, "filter": query}
-            if variant != "filter only":
-                command.update(sort={"_id": 1}, limit=51,
-                               projection={**HIDDEN, "holders": 0, "waitlist": 0})
+        for label, variant, collection, query in explained:
+            command: dict[str, Any] = {"find": collection, "filter": query}
             plans.append((label, variant, plan_steps(
                 db.command("explain", command)["queryPlanner"]["winningPlan"])))
     finally:
@@ -959,15 +997,18 @@ def search_phase(stack: TasksStack, args: argparse.Namespace, rng: random.Random
     if server:
         rows.append(info_row("  search_tasks worker incl. reply (mean, /metrics)",
                              str(server[1]), ms(server[0] / max(server[1], 1)), width=9))
-    for way, title in (("pymongo", "store.search_tasks via pymongo (same filter, sort, "
-                                   "limit)"),
-                       ("no status", "diagnostic: pymongo, same filter without `status`")):
+    if next_times:
+        rows.append(search_row("search_tasks RPC, the next page (cursor of the first)",
+                               next_times, "queries with more than one page"))
+    for way, title in (("pymongo", "store.search_indexed via pymongo (same query, limit)"),
+                       ("scan", "diagnostic: the tasks alone, skill/language `$in` (no "
+                                "index entries)")):
         rows.append(search_row(title, flat(times[way])))
         rows += [search_row(f"  {name}", group) for name, group in times[way].items()]
     for name, group in timer_times.items():
         rows.append(search_row(f"timer query: {name} ({TIMER_QUERIES[name][0]})", group))
     print_table(f"Open-task search over {loaded.count} open tasks (skill_id + language, "
-                "default limit 50; sequential, the three ways take turns on each query)",
+                "default limit 50; sequential, the ways take turns on each query)",
                 ["query", "n", "p50", "p99", "max", "tasks CPU", "matching", "target", ""],
                 rows)
 
@@ -976,10 +1017,8 @@ def search_phase(stack: TasksStack, args: argparse.Namespace, rng: random.Random
         used = indexes_in(steps)
         if label.startswith("timer"):
             note = f"indexes: {', '.join(used) or 'none'}"
-        elif any("skill_ids" in i or "language_codes" in i for i in used):
-            note = "skill/language index used"
         else:
-            note = f"indexes: {', '.join(used) or 'none'}; skill/language index NOT used"
+            note = f"indexes: {', '.join(used) or 'none (scan)'}"
         first_of_label = n == 0 or plans[n - 1][0] != label
         for k, step in enumerate(steps):
             plan_rows.append([label if first_of_label and not k else "",
@@ -993,6 +1032,9 @@ def search_phase(stack: TasksStack, args: argparse.Namespace, rng: random.Random
          f"{loaded.count}: generated (schema load + new_task + publish) in "
          f"{loaded.generate_seconds:.1f} s, inserted in {loaded.insert_seconds:.1f} s "
          f"({loaded.count / loaded.insert_seconds:.0f}/s), ~{loaded.bytes_sample} B BSON each"),
+        (f"search index entries ({TASK_INDEX})",
+         f"{loaded.index_entries} ({loaded.index_entries / loaded.count:.1f} per task), "
+         f"inserted in {loaded.index_seconds:.1f} s"),
         ("store CPU during the load", "n/a" if load_cpu["store"] is None
          else f"{load_cpu['store']:.1f} s"),
         ("skills: most / least common in the load",

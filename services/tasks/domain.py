@@ -273,9 +273,30 @@ def fill_event(task: Mapping[str, Any]) -> DomainEvent:
                        {"task_id": task["_id"], "slots": task["slots"]})
 
 
+def start_event(task_id: str) -> DomainEvent:
+    """The first volunteer started: the task is in progress."""
+    return DomainEvent(events.TASK_STARTED, task_id, {"task_id": task_id})
+
+
 def reopen_event(task: Mapping[str, Any]) -> DomainEvent:
     return DomainEvent(events.TASK_REOPENED, task["_id"],
                        {"task_id": task["_id"], "free": task["free"]})
+
+
+# -- search --------------------------------------------------------------------------------
+def answers(task: Mapping[str, Any], search: Mapping[str, Any]) -> bool:
+    """Whether a task, as it is now, answers a search (search_tasks' loaded filters): the
+    search index proposes tasks from their last event, this decides."""
+    starts = task.get("starts_at")
+    return (task["status"] == search["status"]
+            and (not search.get("skill_id") or search["skill_id"] in task["skill_ids"])
+            and (not search.get("language") or search["language"] in task["language_codes"])
+            and all(not search.get(name) or task.get(name) == search[name]
+                    for name in ("urgency", "mode", "organisation_id"))
+            and (not search.get("starts_after")
+                 or (starts is not None and starts >= search["starts_after"]))
+            and (not search.get("starts_before")
+                 or (starts is not None and starts < search["starts_before"])))
 
 
 # -- volunteers and eligibility ----------------------------------------------------------

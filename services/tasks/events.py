@@ -13,6 +13,7 @@ TASK_PUBLISHED = "sanad.task.published.v1"
 TASK_UPDATED = "sanad.task.updated.v1"
 TASK_FILLED = "sanad.task.filled.v1"
 TASK_REOPENED = "sanad.task.reopened.v1"
+TASK_STARTED = "sanad.task.started.v1"
 TASK_CANCELLED = "sanad.task.cancelled.v1"
 TASK_COMPLETED = "sanad.task.completed.v1"
 TASK_EXPIRED = "sanad.task.expired.v1"
@@ -67,7 +68,7 @@ class TaskChanged(_Data):
 
 
 class TaskSlots(_Data):
-    """filled, reopened."""
+    """filled, reopened, started (in progress)."""
 
     task_id = fields.String(required=True)
     slots = fields.Integer()
@@ -110,7 +111,7 @@ class CredentialChanged(_Data):
 PAYLOADS: dict[str, type[Schema]] = {
     **{t: TaskChanged for t in (TASK_PUBLISHED, TASK_UPDATED, TASK_CANCELLED, TASK_COMPLETED,
                                  TASK_EXPIRED)},
-    TASK_FILLED: TaskSlots, TASK_REOPENED: TaskSlots,
+    TASK_FILLED: TaskSlots, TASK_REOPENED: TaskSlots, TASK_STARTED: TaskSlots,
     **{t: AssignmentChanged for t in (ASSIGNMENT_OFFERED, ASSIGNMENT_APPLIED,
                                        ASSIGNMENT_WAITLISTED, ASSIGNMENT_ACCEPTED,
                                        ASSIGNMENT_DECLINED, ASSIGNMENT_WITHDRAWN,

@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import eventlet
 from nameko.dependency_providers import Config
 from nameko.extensions import DependencyProvider
 from nameko.rpc import RpcProxy
@@ -38,6 +39,7 @@ from services.tasks.store import (
     TASKS,
     VOLUNTEERS,
     TasksStore,
+    index_key,
 )
 
 CREATE = schemas.CreateTaskSchema()
@@ -50,6 +52,7 @@ DECISION = schemas.HoursDecisionSchema()
 FEEDBACK = schemas.FeedbackSchema()
 TIMER_BATCH = 200
 REGISTRY = "registry"
+SERVICE_NAME = "tasks"
 log = logging.getLogger(__name__)
 
 
@@ -79,7 +82,7 @@ class SigningKeys(DependencyProvider):
 
 
 class TasksService(ServiceBase, OutboxRelay):
-    name = "tasks"
+    name = SERVICE_NAME
 
     store: TasksStore = Store(TasksStore)
     outbox = Outbox()
@@ -125,7 +128,7 @@ class TasksService(ServiceBase, OutboxRelay):
         raise Conflict("The task is busy with claims; try again.", {"task_id": [task_id]})
 
     def _reply(self, doc: dict[str, Any]) -> dict[str, Any]:
-        hidden = ("holders", "waitlist", "live_key", "due_at")
+        hidden = ("holders", "waitlist", "live_key", "due_at", "sort_id")
         return to_wire({k: v for k, v in doc.items() if k not in hidden})
 
     # -- tasks ---------------------------------------------------------------------------
@@ -226,7 +229,12 @@ class TasksService(ServiceBase, OutboxRelay):
                 raise Forbidden("Not allowed.", {"organisation_id": ["Not your organisation."]})
             mongo["organisation_id"] = {"$in": [query["organisation_id"]] if
                                         query["organisation_id"] else mine}
-        items, cursor = self.store.search_tasks(mongo, query["cursor"], query["limit"])
+        if query["status"] != "draft" and (query["skill_id"] or query["language"]):
+            key = index_key(query["status"], query["skill_id"], query["language"])
+            items, cursor = self.store.search_indexed(
+                key, lambda task: domain.answers(task, query), query["cursor"], query["limit"])
+        else:
+            items, cursor = self.store.search_tasks(mongo, query["cursor"], query["limit"])
         return {"items": [self._reply(t) for t in items], "next_cursor": cursor}
 
     # -- assignments ----------------------------------------------------------------------
@@ -241,7 +249,10 @@ class TasksService(ServiceBase, OutboxRelay):
         """Take a slot: accept an offer or sign up while slots are free (the volunteer),
         or accept an application (a coordinator of the task's organisation)."""
         volunteer_id = check_id(volunteer_id, "vol", "volunteer_id")
-        task = self.store.task(check_id(task_id, "tsk", "task_id"), FOR_CLAIM)
+        task_id = check_id(task_id, "tsk", "task_id")
+        # both reads at once: a claim's latency is its store round trips in a row
+        volunteer = eventlet.spawn(self.store.snapshot, VOLUNTEERS, volunteer_id)
+        task = self.store.task(task_id, FOR_CLAIM)
         may_approve = domain.is_org_member(self.caller, task["organisation_id"])
         existing = None  # for the volunteer themself, the claim finds it
         if not (self.caller.is_admin or self.caller.user_id == volunteer_id):
@@ -249,7 +260,7 @@ class TasksService(ServiceBase, OutboxRelay):
             if existing is None or existing["status"] != "applied":
                 domain.require_self(self.caller, volunteer_id)
             domain.require_org_member(self.caller, task["organisation_id"])
-        domain.check_eligible(task, self.store.snapshot(VOLUNTEERS, volunteer_id))
+        domain.check_eligible(task, volunteer.wait())
         return self._reply(self._slots().accept(task, volunteer_id, existing, may_approve))
 
     @rpc
@@ -333,8 +344,11 @@ class TasksService(ServiceBase, OutboxRelay):
         reply = self._write(assignment, set_, domain.assignment_event(
             events.ASSIGNMENT_STARTED, assignment), unset=("due_at",))
         # the first volunteer starting puts the task in progress (once, whoever wins)
-        self.store.set_status_if(assignment["task_id"],
-                                 {"status": {"$in": ["open", "filled"]}}, "in_progress", [])
+        task_id = assignment["task_id"]
+        envelopes = self.outbox.wrap([domain.start_event(task_id)], self.now())
+        if self.store.set_status_if(task_id, {"status": {"$in": ["open", "filled"]}},
+                                    "in_progress", envelopes) is not None:
+            self.outbox.publish(TASKS, task_id, envelopes)
         return reply
 
     def _write(self, assignment: dict[str, Any], set_: dict[str, Any], event: Any,
@@ -568,6 +582,42 @@ class TasksService(ServiceBase, OutboxRelay):
         slots = self._slots()
         for task in self.store.unbalanced_tasks(TIMER_BATCH):
             slots.reconcile(task)
+
+    # -- the search index, from our own task events (the outbox delivers every one) ---------
+    @consumes(SERVICE_NAME, events.TASK_PUBLISHED)
+    def index_published(self, event: dict[str, Any]) -> None:
+        self._index(event)
+
+    @consumes(SERVICE_NAME, events.TASK_UPDATED)
+    def index_updated(self, event: dict[str, Any]) -> None:
+        self._index(event)
+
+    @consumes(SERVICE_NAME, events.TASK_FILLED)
+    def index_filled(self, event: dict[str, Any]) -> None:
+        self._index(event)
+
+    @consumes(SERVICE_NAME, events.TASK_REOPENED)
+    def index_reopened(self, event: dict[str, Any]) -> None:
+        self._index(event)
+
+    @consumes(SERVICE_NAME, events.TASK_STARTED)
+    def index_started(self, event: dict[str, Any]) -> None:
+        self._index(event)
+
+    @consumes(SERVICE_NAME, events.TASK_CANCELLED)
+    def index_cancelled(self, event: dict[str, Any]) -> None:
+        self._index(event)
+
+    @consumes(SERVICE_NAME, events.TASK_COMPLETED)
+    def index_completed(self, event: dict[str, Any]) -> None:
+        self._index(event)
+
+    @consumes(SERVICE_NAME, events.TASK_EXPIRED)
+    def index_expired(self, event: dict[str, Any]) -> None:
+        self._index(event)
+
+    def _index(self, event: dict[str, Any]) -> None:
+        self.store.index_task(check_id(event["subject"], "tsk", "subject"))
 
     # -- what the registry tells us -----------------------------------------------------
     @consumes(REGISTRY, "sanad.organisation.registered.v1")

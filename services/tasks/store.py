@@ -7,12 +7,12 @@ free slots give exactly k winners on any number of replicas.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
-from pymongo import ReturnDocument
-from pymongo.errors import DuplicateKeyError
+from pymongo import ReturnDocument, UpdateOne
+from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from services.common.errors import Conflict, NotFound
 from services.common.storage import (
@@ -31,6 +31,7 @@ VOLUNTEERS = "volunteers"  # read model from registry events
 ORGANISATIONS = "organisations"  # read model from registry events
 CALENDAR_TOKENS = "calendar_tokens"  # sha256 of each volunteer's secret feed token
 CREDENTIALS = "credentials"
+TASK_INDEX = "task_index"  # search entries, from the service's own task events
 COUNTERS = "counters"
 STATUS_LIST_SIZE = 131072  # bits per W3C Bitstring Status List (the spec's minimum)
 AFTER = ReturnDocument.AFTER
@@ -38,6 +39,35 @@ AFTER = ReturnDocument.AFTER
 CLAIMED = {"status": 1, "free": 1, "slots": 1, "starts_at": 1}
 # what an accept reads of the task: its rules, not the long lists and texts
 FOR_CLAIM = {**HIDDEN, "holders": 0, "waitlist": 0, "sessions": 0, "description": 0}
+# a task in search results: a summary, get_task has the rest
+LISTED = {**FOR_CLAIM, "sort_id": 0}
+ANY = "*"
+SEARCH_ROUNDS = 6  # index ranges read for one page before returning it short
+
+
+def stored_task(doc: Mapping[str, Any]) -> dict[str, Any]:
+    """A new task as stored. `sort_id` is a copy of `_id` to cut pages on: nx-27017 answers
+    a range on `_id` with a full scan, but a range on an indexed field from the index."""
+    return new_with_outbox({**doc, "sort_id": doc["_id"]}, [])
+
+
+def index_key(status: str, skill_id: str | None, language: str | None) -> str:
+    return f"{status}|{skill_id or ANY}|{language or ANY}"
+
+
+def index_entries(task: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """A task's search entries: one per skill and language it asks for together, and per
+    skill and per language alone, so a search by either or both reads one index range.
+    Each carries the task's revision (`version` and `slots_rev` only grow) so that a late
+    sync never undoes a newer one. Drafts are not listed."""
+    if task["status"] == "draft":
+        return []
+    rev = task["version"] + task.get("slots_rev", 0)
+    pairs = {(skill, language) for skill in [*task["skill_ids"], ANY]
+             for language in [*task["language_codes"], ANY]} - {(ANY, ANY)}
+    return [{"_id": f"{task['_id']}|{skill}|{language}",
+             "key": index_key(task["status"], skill, language),
+             "task_id": task["_id"], "task_rev": rev} for skill, language in sorted(pairs)]
 
 
 class TasksStore(BaseStore):
@@ -45,8 +75,12 @@ class TasksStore(BaseStore):
     INDEXES = (
         Index(TASKS, asc("status")),
         Index(TASKS, asc("organisation_id")),
-        Index(TASKS, asc("skill_ids")),
-        Index(TASKS, asc("language_codes")),
+        # pages of a listing: one index range each (skills and languages: TASK_INDEX)
+        Index(TASKS, asc("status", "sort_id")),
+        Index(TASKS, asc("status", "free")),  # reconcile: status out of step with free
+        Index(TASKS, asc("organisation_id", "sort_id")),
+        Index(TASK_INDEX, asc("key", "task_id")),
+        Index(TASK_INDEX, asc("task_id")),
         Index(TASKS, asc("ends_at_ms")),
         Index(ASSIGNMENTS, asc("live_key"), unique=True, sparse=True),
         Index(ASSIGNMENTS, asc("task_id")),
@@ -60,7 +94,7 @@ class TasksStore(BaseStore):
 
     # -- tasks ------------------------------------------------------------------------
     def insert_task(self, doc: dict[str, Any]) -> None:
-        self.db[TASKS].insert_one(new_with_outbox(doc, []))
+        self.db[TASKS].insert_one(stored_task(doc))
 
     def task(self, task_id: str, projection: Mapping[str, int] = HIDDEN) -> dict[str, Any]:
         doc = self.db[TASKS].find_one({"_id": task_id}, projection)
@@ -151,11 +185,64 @@ class TasksStore(BaseStore):
 
     def search_tasks(self, query: dict[str, Any], cursor: str | None, limit: int
                      ) -> tuple[list[dict[str, Any]], str | None]:
+        """A page of tasks in id order; `query` leads with an indexed equality (status or
+        organisation) so the page is one range of a (field, sort_id) index."""
         if cursor:
-            query = {**query, "_id": {"$gt": cursor}}
-        docs = list(self.db[TASKS].find(query, {**HIDDEN, "holders": 0, "waitlist": 0})
-                    .sort("_id", 1).limit(limit + 1))
+            query = {**query, "sort_id": {"$gt": cursor}}
+        docs = list(self.db[TASKS].find(query, LISTED).sort("sort_id", 1).limit(limit + 1))
         return docs[:limit], (docs[limit - 1]["_id"] if len(docs) > limit else None)
+
+    def search_indexed(self, key: str, keep: Callable[[Mapping[str, Any]], bool],
+                       cursor: str | None, limit: int
+                       ) -> tuple[list[dict[str, Any]], str | None]:
+        """A page of tasks whose search entry has `key`, in id order, that `keep` accepts as
+        stored now: an entry may lag its task by an event, the task itself decides. A page
+        can come back short with a cursor when many entries in a row were not kept."""
+        found: list[dict[str, Any]] = []
+        after, batch = cursor, limit + 1
+        for _ in range(SEARCH_ROUNDS):
+            span: dict[str, Any] = {"key": {"$eq": key}}  # $eq: nx-27017 then uses the index
+            if after:
+                span["task_id"] = {"$gt": after}
+            ids = [entry["task_id"] for entry in self.db[TASK_INDEX].find(
+                span, {"_id": 0, "task_id": 1}).sort("task_id", 1).limit(batch)]
+            if ids:
+                # by `_id` alone: with more conditions nx-27017 picks another index, and scans
+                docs = {doc["_id"]: doc for doc in self.db[TASKS].find(
+                    {"_id": {"$in": ids}}, LISTED) if keep(doc)}
+                for task_id in ids:
+                    if task_id in docs:
+                        found.append(docs[task_id])
+                        if len(found) > limit:
+                            return found[:limit], found[limit - 1]["_id"]
+                after = ids[-1]
+            if len(ids) < batch:
+                return found, None
+            batch = min(batch * 4, 1000)
+        return found, after
+
+    def index_task(self, task_id: str) -> None:
+        """Bring the task's search entries in line with the task as stored now; safe to
+        repeat and in any order (an entry is only replaced or removed by a newer revision)."""
+        task = self.db[TASKS].find_one({"_id": task_id}, {
+            "status": 1, "skill_ids": 1, "language_codes": 1, "version": 1, "slots_rev": 1})
+        if task is None:
+            return
+        entries = index_entries(task)
+        rev = task["version"] + task.get("slots_rev", 0)
+        self.db[TASK_INDEX].delete_many({"task_id": {"$eq": task_id},
+                                         "_id": {"$nin": [e["_id"] for e in entries]},
+                                         "task_rev": {"$lt": rev}})
+        if not entries:
+            return
+        try:
+            self.db[TASK_INDEX].bulk_write(
+                [UpdateOne({"_id": entry.pop("_id"), "task_rev": {"$lt": rev}},
+                           {"$set": entry}, upsert=True) for entry in entries], ordered=False)
+        except BulkWriteError as exc:
+            # a duplicate key: that entry is already at this revision or a newer one
+            if any(error.get("code") != 11000 for error in exc.details["writeErrors"]):
+                raise
 
     # -- assignments --------------------------------------------------------------------
     def insert_assignment(self, doc: dict[str, Any], envelopes: Iterable[Mapping[str, Any]]

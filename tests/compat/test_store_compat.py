@@ -245,3 +245,44 @@ def test_range_on_a_number_skips_nulls(db: Database) -> None:
     db.t.insert_many([{"_id": "a", "ends_at_ms": 5}, {"_id": "b", "ends_at_ms": None},
                       {"_id": "c"}, {"_id": "d", "ends_at_ms": 50}])
     assert [d["_id"] for d in db.t.find({"ends_at_ms": {"$lt": 10}})] == ["a"]
+
+
+def test_revision_guarded_upserts_never_go_back(db: Database) -> None:
+    """Derived entries (the tasks search index) carry their source's revision: an upsert
+    filtered on an older revision collides on `_id` instead of overwriting."""
+    from pymongo import UpdateOne
+    from pymongo.errors import BulkWriteError
+
+    def sync(rev: int, key: str) -> list[int]:
+        try:
+            db.ix.bulk_write([UpdateOne({"_id": "t1|a", "rev": {"$lt": rev}},
+                                        {"$set": {"key": key, "rev": rev}}, upsert=True)],
+                             ordered=False)
+        except BulkWriteError as exc:
+            return [e["code"] for e in exc.details["writeErrors"]]
+        return []
+
+    assert sync(5, "open|a") == []
+    assert sync(7, "filled|a") == []
+    assert sync(6, "open|a") == [11000]  # late and older: refused
+    assert sync(7, "filled|a") == [11000]  # a repeat: refused alike
+    db.ix.delete_many({"_id": {"$nin": []}, "rev": {"$lt": 7}})  # older removals too
+    assert list(db.ix.find()) == [{"_id": "t1|a", "key": "filled|a", "rev": 7}]
+
+
+def test_pages_are_ranges_of_a_compound_index(db: Database) -> None:
+    """Keyset pages on (key, copy of the id): `$eq` on the key and `$gt` on the copy."""
+    Index("ix", asc("key", "task_id")).create(db)
+    db.ix.insert_many([{"_id": f"tsk_{n:03d}|{k}", "key": k, "task_id": f"tsk_{n:03d}"}
+                       for n in range(30) for k in ("open|a", "open|b")])
+    seen, cursor = [], None
+    while True:
+        span: dict[str, Any] = {"key": {"$eq": "open|a"}}
+        if cursor:
+            span["task_id"] = {"$gt": cursor}
+        page = [d["task_id"] for d in db.ix.find(span).sort("task_id", 1).limit(8)]
+        seen += page
+        if len(page) < 8:
+            break
+        cursor = page[-1]
+    assert seen == [f"tsk_{n:03d}" for n in range(30)]

@@ -86,8 +86,9 @@ def test_task_lifecycle_and_events(world: World, tap: Any) -> None:
     assert updated["urgency"] == "high"
     with pytest.raises(Conflict):
         world.coordinator.update_task(draft["id"], {"version": 2, "urgency": "low"})
-    found = world.system.search_tasks({"skill_id": "sk_math_tutoring", "language": "ar"})
-    assert [t["id"] for t in found["items"]] == [draft["id"]]
+    found = wait_for(lambda: world.system.search_tasks(
+        {"skill_id": "sk_math_tutoring", "language": "ar"})["items"])  # index: by event
+    assert [t["id"] for t in found] == [draft["id"]]
     assert world.system.search_tasks({"language": "fr"})["items"] == []
     cancelled = world.coordinator.cancel_task(draft["id"], {"version": 3, "reason": "rain"})
     assert cancelled["status"] == "cancelled"
@@ -110,6 +111,63 @@ def test_publish_needs_a_verified_organisation(world: World, rpc: Any, db: Any) 
     with pytest.raises(Conflict) as caught:
         coordinator.publish_task(task["id"], {"version": 1})
     assert "organisation_id" in caught.value.details
+
+
+def test_search_pages_follow_the_tasks_as_they_change(world: World) -> None:
+    """Skill/language searches read the index kept from task events; other searches read
+    the tasks. Both page by cursor and show a task as it is now."""
+    ids = [world.task(slots=1)["id"] for _ in range(5)]
+    french = world.task(languages=["fr"])["id"]
+    draft = world.task(publish=False)["id"]
+
+    def pages(filters: dict[str, Any]) -> list[list[str]]:
+        out, cursor = [], None
+        while True:
+            page = world.system.search_tasks({**filters, "limit": 2, "cursor": cursor})
+            out.append([t["id"] for t in page["items"]])
+            if not (cursor := page["next_cursor"]):
+                return out
+
+    by_skill = {"skill_id": "sk_math_tutoring", "language": "ar"}
+    wait_for(lambda: len(world.system.search_tasks(by_skill)["items"]) == 5)
+    assert pages(by_skill) == [ids[:2], ids[2:4], ids[4:]]
+    assert [i for page in pages({"skill_id": "sk_math_tutoring"}) for i in page] == [
+        *ids, french]
+    assert pages({"language": "fr"}) == [[french]]
+    assert [i for page in pages({}) for i in page] == [*ids, french]
+    assert "description" not in world.system.search_tasks({})["items"][0]  # a summary
+    coordinator_drafts = world.coordinator.search_tasks(
+        {"status": "draft", "skill_id": "sk_math_tutoring"})["items"]
+    assert [t["id"] for t in coordinator_drafts] == [draft]
+
+    vol = world.volunteer(1)
+    world.as_volunteer(vol).accept(ids[1], vol)  # its only slot: filled
+    wait_for(lambda: world.system.search_tasks({**by_skill, "status": "filled"})["items"])
+    assert [i for page in pages(by_skill) for i in page] == [ids[0], *ids[2:]]
+    task = world.system.get_task(ids[3])
+    world.coordinator.update_task(ids[3], {"version": task["version"], "languages": ["en"]})
+    wait_for(lambda: world.system.search_tasks({"language": "en"})["items"])
+    assert [i for page in pages(by_skill) for i in page] == [ids[0], ids[2], ids[4]]
+
+
+def test_search_index_takes_only_newer_revisions_and_the_task_decides(
+        world: World, db: Any) -> None:
+    from services.tasks.store import TasksStore
+
+    task = world.task()
+    index = db("tasks").task_index
+    wait_for(lambda: index.count_documents({"task_id": task["id"]}) == 3)
+    # a newer sync got there first: this (older) one changes nothing
+    index.update_many({"task_id": task["id"]}, {"$set": {"task_rev": 10**6}})
+    before = sorted(index.find({"task_id": task["id"]}), key=lambda e: e["_id"])
+    TasksStore(db("tasks")).index_task(task["id"])
+    assert sorted(index.find({"task_id": task["id"]}), key=lambda e: e["_id"]) == before
+    # an entry that lags its task finds nothing the task does not match now
+    index.insert_one({"_id": f"{task['id']}|*|fr", "key": "open|*|fr", "task_id": task["id"],
+                      "task_rev": 0})
+    assert world.system.search_tasks({"language": "fr"})["items"] == []
+    assert [t["id"] for t in world.system.search_tasks({"language": "ar"})["items"]] == [
+        task["id"]]
 
 
 def test_claims_fill_the_task_and_waitlist_promotes_on_withdrawal(world: World,
