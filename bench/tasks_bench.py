@@ -973,7 +973,8 @@ def search_phase(stack: TasksStack, args: argparse.Namespace, rng: random.Random
                 (label, f"{TASK_INDEX}: first page", TASK_INDEX, span),
                 (label, f"{TASK_INDEX}: next page", TASK_INDEX,
                  {**span, "task_id": {"$gt": ids[-1] if ids else ""}}),
-                (label, f"{TASKS}: the page's tasks", TASKS, {"_id": {"$in": ids}}),
+                *([(label, f"{TASKS}: the page's tasks", TASKS, {"_id": {"$in": ids}})]
+                  if ids else []),  # no entries: the service reads no tasks
                 (label, f"{TASKS}: scan without the index", TASKS, mongo_filter(filters))]
         plans = []
         for label, variant, collection, query in explained:

@@ -26,6 +26,7 @@ ASSIGNMENT_WITHDRAWN = "sanad.assignment.withdrawn.v1"
 ASSIGNMENT_EXPIRED = "sanad.assignment.expired.v1"
 ASSIGNMENT_STARTED = "sanad.assignment.started.v1"
 ASSIGNMENT_NO_SHOW = "sanad.assignment.no_show.v1"
+ASSIGNMENT_COMPLETED = "sanad.assignment.completed.v1"
 HOURS_SUBMITTED = "sanad.assignment.hours_submitted.v1"
 HOURS_VERIFIED = "sanad.assignment.hours_verified.v1"
 HOURS_REJECTED = "sanad.assignment.hours_rejected.v1"
@@ -116,7 +117,7 @@ PAYLOADS: dict[str, type[Schema]] = {
                                        ASSIGNMENT_WAITLISTED, ASSIGNMENT_ACCEPTED,
                                        ASSIGNMENT_DECLINED, ASSIGNMENT_WITHDRAWN,
                                        ASSIGNMENT_EXPIRED, ASSIGNMENT_STARTED,
-                                       ASSIGNMENT_NO_SHOW)},
+                                       ASSIGNMENT_NO_SHOW, ASSIGNMENT_COMPLETED)},
     **{t: HoursChanged for t in (HOURS_SUBMITTED, HOURS_VERIFIED, HOURS_REJECTED)},
     FEEDBACK_LEFT: FeedbackLeft,
     CREDENTIAL_ISSUED: CredentialChanged,

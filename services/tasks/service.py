@@ -197,8 +197,9 @@ class TasksService(ServiceBase, OutboxRelay):
         slots = self._slots()
         for assignment in self.store.assignments_of("task_id", task["_id"], domain.LIVE):
             if task["status"] == "completed" and assignment["status"] in domain.HOLDS_SLOT:
-                self.store.update_assignment(
-                    assignment, domain.move(assignment, "completed", self.now()), [],
+                slots.write_assignment(
+                    assignment, domain.move(assignment, "completed", self.now()),
+                    [domain.assignment_event(events.ASSIGNMENT_COMPLETED, assignment)],
                     live=False, unset=("due_at",))
             else:
                 slots.release(assignment, "withdrawn", events.ASSIGNMENT_WITHDRAWN,
@@ -353,11 +354,9 @@ class TasksService(ServiceBase, OutboxRelay):
 
     def _write(self, assignment: dict[str, Any], set_: dict[str, Any], event: Any,
                unset: tuple[str, ...] = ()) -> dict[str, Any]:
-        envelopes = self.outbox.wrap([event], self.now())
-        after = self.store.update_assignment(assignment, set_, envelopes, unset=unset)
+        after = self._slots().write_assignment(assignment, set_, [event], unset=unset)
         if after is None:
             raise Conflict("The assignment changed meanwhile; try again.", {})
-        self.outbox.publish(ASSIGNMENTS, assignment["_id"], envelopes)
         return self._reply(after)
 
     @rpc
@@ -606,18 +605,24 @@ class TasksService(ServiceBase, OutboxRelay):
 
     @consumes(SERVICE_NAME, events.TASK_CANCELLED)
     def index_cancelled(self, event: dict[str, Any]) -> None:
-        self._index(event)
+        self._ended(event)
 
     @consumes(SERVICE_NAME, events.TASK_COMPLETED)
     def index_completed(self, event: dict[str, Any]) -> None:
-        self._index(event)
+        self._ended(event)
 
     @consumes(SERVICE_NAME, events.TASK_EXPIRED)
     def index_expired(self, event: dict[str, Any]) -> None:
-        self._index(event)
+        self._ended(event)
 
     def _index(self, event: dict[str, Any]) -> None:
         self.store.index_task(check_id(event["subject"], "tsk", "subject"))
+
+    def _ended(self, event: dict[str, Any]) -> None:
+        """Also end the task's live assignments: done by the call that ended the task,
+        again here (then usually nothing is left) for when that process died half-way."""
+        self._index(event)
+        self._close_assignments(self.store.task(event["subject"]))
 
     # -- what the registry tells us -----------------------------------------------------
     @consumes(REGISTRY, "sanad.organisation.registered.v1")

@@ -4,8 +4,8 @@ A claim touches two documents (the task's slot counter and the volunteer's assig
 without a transaction, so each step is a conditional update that only one worker can
 win, and the order leaves every crash in a state `reconcile` repairs:
 
-    claim:    live assignment ("claiming", due soon) → task: take slot + accepted event
-              → assignment: accepted
+    claim:    live assignment ("claiming", due soon) → task: take slot
+              → assignment: accepted + accepted event
     release:  assignment: leaves live state + its event → task: give slot back
               → promote the first eligible waitlisted volunteer → filled/reopened flip
 
@@ -39,10 +39,12 @@ class SlotKeeper:
         self.policy, self.now = policy, now
 
     # -- small helpers ----------------------------------------------------------------
-    def _write_assignment(self, doc: Mapping[str, Any], set_: Mapping[str, Any],
+    def write_assignment(self, doc: Mapping[str, Any], set_: Mapping[str, Any],
                           evts: Iterable[DomainEvent], live: bool = True,
                           unset: Iterable[str] = (), stored: Mapping[str, Any] | None = None
                           ) -> dict[str, Any] | None:
+        """Change an assignment at its version with its events, then publish them; None
+        when another worker moved it first."""
         envelopes = self.wrap(evts, self.now)
         after = self.store.update_assignment(doc, set_, envelopes, live, unset, stored)
         if after is not None:
@@ -133,7 +135,7 @@ class SlotKeeper:
                 "history": [*assignment.get("history", []),
                             {"status": "accepted", "at": self.now}][-50:]}
         evts = [domain.assignment_event(events.ASSIGNMENT_ACCEPTED, assignment)]
-        after = self._write_assignment(assignment, set_, evts, unset=("offer_kind",),
+        after = self.write_assignment(assignment, set_, evts, unset=("offer_kind",),
                                        stored=stored)
         if after is None:
             raise Conflict("The assignment changed meanwhile; try again.", {})
@@ -145,7 +147,7 @@ class SlotKeeper:
         """Move an assignment out of its live state; give back its slot if it held one."""
         set_ = domain.move(assignment, to, self.now, reason=reason)
         event = domain.assignment_event(event_type, assignment, reason=reason)
-        after = self._write_assignment(assignment, set_, [event], live=False,
+        after = self.write_assignment(assignment, set_, [event], live=False,
                                        unset=("due_at",))
         if after is None:
             return None  # another worker (or replica's timer) moved it first
@@ -183,7 +185,7 @@ class SlotKeeper:
         expires = self.policy.offer_expiry(task, self.now)
         set_ = domain.move(waiting, "offered", self.now, offer_kind="reserved", due_at=expires,
                            offer_expires_at=expires)
-        return self._write_assignment(waiting, set_, [domain.assignment_event(
+        return self.write_assignment(waiting, set_, [domain.assignment_event(
             events.ASSIGNMENT_OFFERED, waiting, source="waitlist",
             offer_expires_at=expires.isoformat())]) is not None
 
@@ -211,7 +213,7 @@ class SlotKeeper:
             raise Conflict("Cannot join this waitlist.", {"task_id": [
                 "The task is not open, or you already hold or wait for a slot."]})
         # announced only once the place in line is really taken
-        self._write_assignment(doc, {}, [domain.assignment_event(
+        self.write_assignment(doc, {}, [domain.assignment_event(
             events.ASSIGNMENT_WAITLISTED, doc)])
         # a slot may have freed between reading the task and joining
         self.promote_waitlist(self.store.task(task["_id"]))

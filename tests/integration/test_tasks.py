@@ -170,6 +170,38 @@ def test_search_index_takes_only_newer_revisions_and_the_task_decides(
         task["id"]]
 
 
+def test_an_ended_task_ends_its_assignments_even_after_a_crash_half_way(
+        world: World, db: Any, config: dict[str, Any], tap: Any) -> None:
+    from nameko.standalone.events import event_dispatcher
+
+    from services.common.envelope import DomainEvent, make_envelope
+
+    events = tap("tasks")
+    task = world.task(slots=2)
+    vols = [world.volunteer(n) for n in range(2)]
+    held = [world.as_volunteer(v).accept(task["id"], v) for v in vols]
+    version = world.system.get_task(task["id"])["version"]
+    world.coordinator.complete_task(task["id"], {"version": version})
+    assert {a["status"] for a in world.system.list_assignments(task_id=task["id"])} == {
+        "completed"}
+    done = events.wait(2, "sanad.assignment.completed.v1")
+    assert sorted(e["data"]["assignment_id"] for e in done) == sorted(a["id"] for a in held)
+
+    # a process that died after cancelling the task, before withdrawing its assignments:
+    # the event, delivered by the outbox, finishes the job
+    other = world.task(slots=1)
+    vol = world.volunteer(3)
+    stuck = world.as_volunteer(vol).accept(other["id"], vol)
+    db("tasks").tasks.update_one({"_id": other["id"]}, {"$set": {"status": "cancelled"}})
+    event = DomainEvent("sanad.task.cancelled.v1", other["id"], {"task_id": other["id"]})
+    event_dispatcher(config)("tasks", event.type, make_envelope(
+        event, source="/sanad/tasks", now=datetime.now(UTC)))
+    wait_for(lambda: world.system.list_assignments(task_id=other["id"])[0]["status"]
+             == "withdrawn")
+    assert events.wait(1, "sanad.assignment.withdrawn.v1")[0]["data"]["assignment_id"] \
+        == stuck["id"]
+
+
 def test_claims_fill_the_task_and_waitlist_promotes_on_withdrawal(world: World,
                                                                   tap: Any) -> None:
     events = tap("tasks")
