@@ -22,7 +22,9 @@ from services.common.storage import BaseStore, Index, asc, new_with_outbox, with
 from services.registry.store import VOLUNTEERS, RegistryStore
 
 pytestmark = pytest.mark.compat
-NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+# The real clock, not a fixed date: stores expire TTL records against their own clock,
+# so a fixed date turns into a failure once it lies more than a TTL in the past.
+NOW = datetime.now(UTC).replace(microsecond=0)
 
 
 @pytest.fixture
