@@ -1,10 +1,11 @@
 """The transactional outbox: a state change and the events it causes commit together.
 
 A service's store writes the change and its pending events in one single-document
-update (`storage.with_outbox`). Right after, the service publishes those events and
-acknowledges each one (removing it from the document). If the process dies in between,
-or the broker is down, the events stay pending and `OutboxRelay`'s timer publishes them
-later. Delivery is therefore at-least-once; consumers deduplicate by event id.
+update (`storage.with_outbox`). Once the worker has replied, the service publishes those
+events and acknowledges each one (removing it from the document). If the process dies in
+between, or the broker is down, the events stay pending and `OutboxRelay`'s timer
+publishes them later. Delivery is therefore at-least-once; consumers deduplicate by
+event id.
 """
 from __future__ import annotations
 
@@ -41,6 +42,7 @@ class Outbox(EventDispatcher):
 
     def start(self) -> None:
         super().start()
+        self._handles: dict[Any, OutboxHandle] = {}
         self._acks: list[tuple[str, str, str]] = []
         self._ack_ready = eventlet.event.Event()
         self._running = True
@@ -88,7 +90,18 @@ class Outbox(EventDispatcher):
         raise RuntimeError("Outbox needs a Store dependency on the same service")
 
     def get_dependency(self, worker_ctx: Any) -> OutboxHandle:
-        return OutboxHandle(self, super().get_dependency(worker_ctx))
+        handle = OutboxHandle(self, super().get_dependency(worker_ctx))
+        self._handles[worker_ctx] = handle
+        return handle
+
+    def worker_result(self, worker_ctx: Any, result: Any = None, exc_info: Any = None) -> None:
+        # nameko calls this after the entrypoint has replied (RPC) or finished
+        handle = self._handles.pop(worker_ctx, None)
+        if handle is not None:
+            handle.flush()
+
+    def worker_teardown(self, worker_ctx: Any) -> None:
+        self._handles.pop(worker_ctx, None)
 
 
 class OutboxHandle:
@@ -98,14 +111,29 @@ class OutboxHandle:
         self._provider = provider
         self._dispatch = dispatch
         self._metrics = metrics_of(provider.container)
+        self._queued: list[tuple[str, str, list[Mapping[str, Any]]]] = []
 
     def wrap(self, events: Iterable[DomainEvent], now: datetime) -> list[dict[str, Any]]:
         """CloudEvents envelopes for the events a domain change caused."""
         return [make_envelope(e, source=self._provider.source, now=now) for e in events]
 
     def publish(self, collection: str, doc_id: str,
-                envelopes: Iterable[Mapping[str, Any]]) -> int:
-        """Publish events just written with a change; whatever fails stays for the relay."""
+                envelopes: Iterable[Mapping[str, Any]]) -> None:
+        """Publish events just written with a change, in order, as soon as the worker has
+        replied: a caller never waits for the broker's confirmation. Whatever is not sent
+        (broker down, process killed) stays pending for the relay."""
+        envelopes = list(envelopes)
+        if envelopes:
+            self._queued.append((collection, doc_id, envelopes))
+
+    def flush(self) -> None:
+        queued, self._queued = self._queued, []
+        for collection, doc_id, envelopes in queued:
+            if self._send(collection, doc_id, envelopes) < len(envelopes):
+                return  # broker trouble: the rest waits for the relay as well
+
+    def _send(self, collection: str, doc_id: str,
+              envelopes: Iterable[Mapping[str, Any]]) -> int:
         failpoint("outbox.after_write")
         sent = 0
         for envelope in envelopes:
@@ -139,7 +167,7 @@ class OutboxHandle:
                 )
                 due = [entry["event"] for entry in pending
                        if now - parse_time(entry["event"]["time"]) >= provider.grace]
-                published = self.publish(collection, doc["_id"], due)
+                published = self._send(collection, doc["_id"], due)
                 sent += published
                 if published < len(due):
                     return sent  # broker trouble: stop hammering, the lease expires

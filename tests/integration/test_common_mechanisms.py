@@ -18,6 +18,9 @@ from services.common.consumer import consumes
 from services.common.envelope import DomainEvent, make_envelope
 from services.common.errors import Conflict
 from services.common.metrics import metrics_of
+from services.common.outbox import Outbox
+from services.common.service import ServiceBase
+from services.common.service import rpc as rpc_entrypoint
 from services.common.storage import BaseStore, Store, new_with_outbox
 from services.registry import cli
 from services.registry.store import VOLUNTEERS
@@ -95,6 +98,37 @@ def test_consumer_is_idempotent_and_survives_bad_events(container_factory: Any,
 
     assert wait_for(consumed) == {"processed": 1, "duplicate": 2, "rejected": 3}
     assert list(db("downstream").handled.find()) == [{"_id": good["id"], "n": 1}]
+
+
+class ThingStore(BaseStore):
+    OUTBOX_COLLECTIONS = ("things",)
+
+
+class Writer(ServiceBase):
+    """Writes a change with its event, then refuses: the change stands, so must its event."""
+
+    name = "writer"
+    store = Store(ThingStore)
+    outbox = Outbox()
+
+    @rpc_entrypoint
+    def write_then_refuse(self, thing_id: str) -> None:
+        envelopes = self.outbox.wrap(
+            [DomainEvent("sanad.thing.written.v1", thing_id, {})], self.now())
+        self.store.db.things.insert_one(new_with_outbox({"_id": thing_id}, envelopes))
+        self.outbox.publish("things", thing_id, envelopes)
+        raise Conflict("Refused after the write.", {})
+
+
+def test_events_go_out_after_the_reply_even_when_the_call_fails(
+        container_factory: Any, config: dict[str, Any], rpc: Any, db: Any, tap: Any) -> None:
+    events = tap("writer")
+    container_factory(Writer, config).start()
+    with pytest.raises(Conflict):
+        rpc("writer").write_then_refuse("thing_1")
+    [published] = events.wait(1)
+    assert published["subject"] == "thing_1"
+    wait_for(lambda: db("writer").things.find_one({"_id": "thing_1"})["outbox_n"] == 0)
 
 
 def test_metrics_and_health_endpoints(registry: Any, system: Any) -> None:
