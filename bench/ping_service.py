@@ -1,11 +1,12 @@
 """An empty RPC for the benchmarks: the floor a nameko call costs on this broker.
 
 Run in the same `nameko run` process as the registry (see bench/registry_bench.py), so
-both go through the same broker, process and event loop.
+both go through the same broker, process and event loop, and through Sanad's RPC
+entrypoint (replies without publisher confirms), like every service call.
 """
 from __future__ import annotations
 
-from nameko.rpc import rpc
+from services.common.service import rpc
 
 
 class PingService:

@@ -94,7 +94,8 @@ class Metrics(DependencyProvider):
         elapsed = time.perf_counter() - self._started.pop(worker_ctx, time.perf_counter())
         self.in_flight.dec()
         name = worker_ctx.entrypoint.method_name
-        kind = KINDS.get(type(worker_ctx.entrypoint).__name__, "other")
+        kind = next((KINDS[cls.__name__] for cls in type(worker_ctx.entrypoint).__mro__
+                     if cls.__name__ in KINDS), "other")
         outcome = _outcome(result, exc_info)
         self.requests.labels(name, kind, outcome).inc()
         if kind == "event" and worker_ctx.args and isinstance(worker_ctx.args[0], dict):

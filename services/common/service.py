@@ -5,7 +5,15 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from nameko.rpc import rpc as nameko_rpc
+from nameko.amqp.publish import Publisher
+from nameko.constants import (
+    AMQP_SSL_CONFIG_KEY,
+    AMQP_URI_CONFIG_KEY,
+    DEFAULT_SERIALIZER,
+    LOGIN_METHOD_CONFIG_KEY,
+    SERIALIZER_CONFIG_KEY,
+)
+from nameko.rpc import Responder, Rpc, RpcConsumer, get_rpc_exchange
 
 from services.common.caller import CallerProvider
 from services.common.errors import EXPECTED_ERRORS
@@ -29,6 +37,39 @@ class ServiceBase:
         return now.replace(microsecond=now.microsecond // 1000 * 1000)
 
 
+class _ReplyPublisher(Publisher):
+    # A reply goes to the caller's own transient queue. Waiting for the broker to confirm
+    # it costs every call a broker round trip and guards nothing the caller lacks: a lost
+    # reply ends in the caller's timeout either way, and the change it reports is already
+    # stored (and its events are in the outbox, which does publish with confirms).
+    use_confirms = False
+
+
+class _Responder(Responder):
+    publisher_cls = _ReplyPublisher
+
+
+class ReplyingRpcConsumer(RpcConsumer):
+    """nameko's RPC consumer, replying without publisher confirms."""
+
+    def handle_result(self, message: Any, result: Any, exc_info: Any) -> tuple[Any, Any]:
+        config = self.container.config
+        responder = _Responder(
+            config[AMQP_URI_CONFIG_KEY], get_rpc_exchange(config),
+            config.get(SERIALIZER_CONFIG_KEY, DEFAULT_SERIALIZER), message,
+            ssl=config.get(AMQP_SSL_CONFIG_KEY),
+            login_method=config.get(LOGIN_METHOD_CONFIG_KEY))
+        result, exc_info = responder.send_response(result, exc_info)
+        self.queue_consumer.ack_message(message)
+        return result, exc_info
+
+
+class SanadRpc(Rpc):
+    """An RPC entrypoint whose reply is not held up by a publisher confirm."""
+
+    rpc_consumer = ReplyingRpcConsumer()
+
+
 def rpc(fn: Callable[..., Any] | None = None, **options: Any) -> Any:
     """nameko's `@rpc` with Sanad's caller errors marked as expected.
 
@@ -36,5 +77,5 @@ def rpc(fn: Callable[..., Any] | None = None, **options: Any) -> Any:
     something; the caller still receives the exception.
     """
     options.setdefault("expected_exceptions", EXPECTED_ERRORS)
-    decorator = nameko_rpc(**options)
+    decorator = SanadRpc.decorator(**options)
     return decorator if fn is None else decorator(fn)
