@@ -152,8 +152,10 @@ class BaseStore:
         for envelope in envelopes:
             pending[envelope["id"]] = {"n": len(pending), "event": envelope}
         after["outbox"], after["outbox_n"] = pending, len(pending)
-        return self.db[collection].find_one_and_replace(
-            guard, after, projection=HIDDEN, return_document=ReturnDocument.AFTER)
+        # the replacement is the new document: no need to have the store send it back
+        if self.db[collection].replace_one(guard, after).matched_count != 1:
+            return None
+        return visible(after)
 
     # -- outbox ---------------------------------------------------------------------
     def outbox_ack(self, collection: str, doc_id: str, event_id: str) -> bool:

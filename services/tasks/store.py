@@ -117,22 +117,26 @@ class TasksStore(BaseStore):
 
     def _slots(self, query: dict[str, Any], update: dict[str, Any],
                envelopes: Iterable[Mapping[str, Any]],
-               projection: Mapping[str, int] = HIDDEN) -> dict[str, Any] | None:
+               projection: Mapping[str, int] = HIDDEN,
+               returned: ReturnDocument = AFTER) -> dict[str, Any] | None:
         # slots_rev tells a concurrent whole-document edit (update_task) to read again
         update = {**update, "$inc": {**update.get("$inc", {}), "slots_rev": 1}}
         return self.db[TASKS].find_one_and_update(
             query, with_outbox(update, envelopes), projection=projection,
-            return_document=AFTER)
+            return_document=returned)
 
     def claim_slot(self, task_id: str, volunteer_id: str, statuses: Iterable[str],
                    envelopes: Iterable[Mapping[str, Any]]) -> dict[str, Any] | None:
         """Take one free slot for a volunteer who holds none; None when there is none.
         Returns only what the claim goes on with (CLAIMED): holders grow with the task."""
-        return self._slots(
+        before = self._slots(
             {"_id": task_id, "status": {"$in": list(statuses)}, "free": {"$gt": 0},
              "holders": {"$nin": [volunteer_id]}},
             {"$inc": {"free": -1}, "$push": {"holders": volunteer_id},
-             "$pull": {"waitlist": volunteer_id}}, envelopes, CLAIMED)
+             "$pull": {"waitlist": volunteer_id}}, envelopes, CLAIMED, ReturnDocument.BEFORE)
+        # the claim's own effect on what it read: asking for the document after the
+        # update costs nx-27017 a second read of the whole task, the hottest write there is
+        return None if before is None else {**before, "free": before["free"] - 1}
 
     def holds_slot(self, task_id: str, volunteer_id: str) -> dict[str, Any] | None:
         """The task (as CLAIMED) if the volunteer holds one of its slots."""
