@@ -182,11 +182,23 @@ class Page(StrictSchema):
                            validate=validate.Regexp(r"^[a-z]{2,5}_[0-9a-f]{28}$"))
 
 
+_PLAIN = frozenset({str, int, float, bool, type(None)})
+
+
 def to_wire(value: Any) -> Any:
     """A stored document as an RPC reply: `_id` becomes `id`, dates become ISO strings.
 
     Replies stay plain JSON so non-Python callers (the gateway, partners) read them as is.
     """
+    # exact-type checks first: every field of every reply passes here, and an
+    # isinstance against the Mapping ABC costs several times a type lookup
+    kind = type(value)
+    if kind in _PLAIN:
+        return value
+    if kind is dict:
+        return {("id" if key == "_id" else key): to_wire(item) for key, item in value.items()}
+    if kind is list:
+        return [to_wire(item) for item in value]
     if isinstance(value, Mapping):
         return {("id" if key == "_id" else key): to_wire(item) for key, item in value.items()}
     if isinstance(value, list | tuple):

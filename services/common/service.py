@@ -1,10 +1,12 @@
 """What every Sanad service class inherits: metrics, health, call-id logging, caller."""
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+import kombu.serialization
 from nameko.amqp.publish import Publisher
 from nameko.constants import (
     AMQP_SSL_CONFIG_KEY,
@@ -13,6 +15,7 @@ from nameko.constants import (
     LOGIN_METHOD_CONFIG_KEY,
     SERIALIZER_CONFIG_KEY,
 )
+from nameko.exceptions import UnserializableValueError, serialize
 from nameko.rpc import Responder, Rpc, RpcConsumer, get_rpc_exchange
 
 from services.common.caller import CallerProvider
@@ -46,7 +49,36 @@ class _ReplyPublisher(Publisher):
 
 
 class _Responder(Responder):
+    """nameko's responder, serialising each reply once.
+
+    nameko's own serialises a result twice (a check that it can, then the publish); on
+    a page of search results that second encoding is a noticeable share of the call.
+    """
+
     publisher_cls = _ReplyPublisher
+
+    def send_response(self, result: Any, exc_info: Any) -> tuple[Any, Any]:
+        error = None if exc_info is None else serialize(exc_info[1])
+        # encoded the same way as the request
+        serializer = kombu.serialization.registry.type_to_name[
+            self.message.properties["content_type"]]
+        try:
+            encoded = kombu.serialization.dumps({"result": result, "error": error},
+                                                serializer)
+        except Exception:  # noqa: BLE001 - nameko's own rule: report, do not crash
+            exc_info = sys.exc_info()
+            encoded = kombu.serialization.dumps(
+                {"result": None, "error": serialize(UnserializableValueError(result))},
+                serializer)
+            result = None
+        content_type, content_encoding, body = encoded
+        publisher = self.publisher_cls(self.amqp_uri, ssl=self.ssl,
+                                       login_method=self.login_method)
+        publisher.publish(body, content_type=content_type, content_encoding=content_encoding,
+                          exchange=self.exchange,
+                          routing_key=self.message.properties["reply_to"],
+                          correlation_id=self.message.properties.get("correlation_id"))
+        return result, exc_info
 
 
 class ReplyingRpcConsumer(RpcConsumer):

@@ -12,6 +12,7 @@ from typing import Any
 
 import eventlet
 import pytest
+from nameko.exceptions import RemoteError
 from nameko.standalone.events import event_dispatcher
 
 from services.common.consumer import consumes
@@ -129,6 +130,30 @@ def test_events_go_out_after_the_reply_even_when_the_call_fails(
     [published] = events.wait(1)
     assert published["subject"] == "thing_1"
     wait_for(lambda: db("writer").things.find_one({"_id": "thing_1"})["outbox_n"] == 0)
+
+
+class Replier(ServiceBase):
+    name = "replier"
+
+    @rpc_entrypoint
+    def echo(self, value: Any) -> Any:
+        return value
+
+    @rpc_entrypoint
+    def unserialisable(self) -> Any:
+        return {"when": object()}
+
+
+def test_replies_are_encoded_once_and_unserialisable_results_are_reported(
+        container_factory: Any, config: dict[str, Any], rpc: Any) -> None:
+    container_factory(Replier, config).start()
+    text = "تعليم ⁦Excel⁩ للكبار — lesson 1"
+    assert rpc("replier").echo({"text": text, "n": [1, 2.5, None, True]}) == {
+        "text": text, "n": [1, 2.5, None, True]}
+    with pytest.raises(RemoteError) as raised:
+        rpc("replier").unserialisable()
+    assert raised.value.exc_type == "UnserializableValueError"
+    assert rpc("replier").echo("still up") == "still up"
 
 
 def test_metrics_and_health_endpoints(registry: Any, system: Any) -> None:
