@@ -126,6 +126,13 @@ class OutboxHandle:
         if envelopes:
             self._queued.append((collection, doc_id, envelopes))
 
+    def publish_now(self, collection: str, doc_id: str,
+                    envelopes: Iterable[Mapping[str, Any]]) -> int:
+        """Publish events already stored, before the worker goes on; returns how many
+        went out, in order (the rest stays pending for the relay). For a caller that must
+        know, such as an erasure that may drop only what was sent."""
+        return self._send(collection, doc_id, envelopes)
+
     def flush(self) -> None:
         queued, self._queued = self._queued, []
         for collection, doc_id, envelopes in queued:

@@ -65,7 +65,7 @@ class RegistryService(ServiceBase, OutboxRelay):
         # so the tombstone keeps none of them. What cannot be sent stays for the relay.
         pending = [entry["event"] for entry in sorted(
             (raw.get("outbox") or {}).values(), key=lambda e: (e["event"]["time"], e["n"]))]
-        sent = self.outbox.publish(collection, doc_id, pending)
+        sent = self.outbox.publish_now(collection, doc_id, pending)
         tombstone, events = erase(raw, self.now())
         envelopes = self.outbox.wrap(events, self.now())
         self.store.replace(collection, raw, tombstone, envelopes, what,

@@ -7,8 +7,11 @@ from typing import Any
 import pytest
 
 from services.common.errors import Conflict, Forbidden, NotFound, ValidationError
+from services.common.outbox import OutboxHandle
+from services.registry.service import RegistryService
 from services.registry.store import VOLUNTEERS
 from tests.factories import volunteer
+from tests.support import wait_for
 
 
 def test_register_get_round_trip_normalises_and_publishes(system: Any, tap: Any) -> None:
@@ -120,6 +123,39 @@ def test_ownership_is_enforced_by_the_service(system: Any, rpc: Any) -> None:
     with pytest.raises(Forbidden):
         other.erase_volunteer(mine["id"])
     assert me.update_volunteer(mine["id"], {"version": 1, "about": "ok"})["version"] == 2
+
+
+def test_erasure_keeps_pending_events_it_could_not_send(
+        container_factory: Any, config: dict[str, Any], rpc: Any, db: Any, tap: Any,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # a short relay lease: the relay's failed attempts lease the record too
+    container_factory(RegistryService, {**config, "OUTBOX_LEASE_SECONDS": 1}).start()
+    system = rpc("registry")
+    events = tap("registry")
+    vol = system.register_volunteer(volunteer())
+    stuck = "evt_" + "1" * 28
+    pending = {stuck: {"n": 0, "event": {**events.wait(1)[0], "id": stuck}}}
+    stored = db("registry")[VOLUNTEERS].find_one({"_id": vol["id"]})
+    stored.update(outbox=pending, outbox_n=1)
+    db("registry")[VOLUNTEERS].replace_one({"_id": vol["id"]}, stored)
+    broker_down = True
+    real_init = OutboxHandle.__init__
+
+    def init(handle: OutboxHandle, provider: Any, dispatch: Any) -> None:
+        def dispatch_or_fail(event_type: str, data: dict[str, Any]) -> None:
+            if broker_down and data["id"] == stuck:
+                raise ConnectionError("broker unreachable")
+            dispatch(event_type, data)
+        real_init(handle, provider, dispatch_or_fail)
+
+    monkeypatch.setattr(OutboxHandle, "__init__", init)
+    system.erase_volunteer(vol["id"])
+    tombstone = db("registry")[VOLUNTEERS].find_one({"_id": vol["id"]})
+    assert stuck in tombstone["outbox"]  # not sent, so not dropped: the relay owes it
+    broker_down = False  # the relay sends it once the broker is back
+    wait_for(lambda: any(e["id"] == stuck for e in events.drain()))
+    wait_for(lambda: stuck not in db("registry")[VOLUNTEERS].find_one(
+        {"_id": vol["id"]})["outbox"])
 
 
 def test_erasure_leaves_no_personal_data_anywhere(system: Any, db: Any, tap: Any) -> None:
