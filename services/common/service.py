@@ -7,7 +7,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import kombu.serialization
-from nameko.amqp.publish import Publisher
 from nameko.constants import (
     AMQP_SSL_CONFIG_KEY,
     AMQP_URI_CONFIG_KEY,
@@ -40,22 +39,12 @@ class ServiceBase:
         return now.replace(microsecond=now.microsecond // 1000 * 1000)
 
 
-class _ReplyPublisher(Publisher):
-    # A reply goes to the caller's own transient queue. Waiting for the broker to confirm
-    # it costs every call a broker round trip and guards nothing the caller lacks: a lost
-    # reply ends in the caller's timeout either way, and the change it reports is already
-    # stored (and its events are in the outbox, which does publish with confirms).
-    use_confirms = False
-
-
 class _Responder(Responder):
     """nameko's responder, serialising each reply once.
 
     nameko's own serialises a result twice (a check that it can, then the publish); on
     a page of search results that second encoding is a noticeable share of the call.
     """
-
-    publisher_cls = _ReplyPublisher
 
     def send_response(self, result: Any, exc_info: Any) -> tuple[Any, Any]:
         error = None if exc_info is None else serialize(exc_info[1])
@@ -82,7 +71,12 @@ class _Responder(Responder):
 
 
 class ReplyingRpcConsumer(RpcConsumer):
-    """nameko's RPC consumer, replying without publisher confirms."""
+    """nameko's RPC consumer, with replies encoded once.
+
+    Replies keep publisher confirms: without them a reply published on a pooled
+    connection the broker has dropped (a restart) or refused is lost silently, and an
+    in-service `RpcProxy` waits for it without a timeout.
+    """
 
     def handle_result(self, message: Any, result: Any, exc_info: Any) -> tuple[Any, Any]:
         config = self.container.config
@@ -97,7 +91,11 @@ class ReplyingRpcConsumer(RpcConsumer):
 
 
 class SanadRpc(Rpc):
-    """An RPC entrypoint whose reply is not held up by a publisher confirm."""
+    """nameko's RPC entrypoint with Sanad's reply path.
+
+    Its consumer is a shared extension of its own: a service must not mix it with
+    nameko's plain `@rpc`, or two consumers would share the service's queue.
+    """
 
     rpc_consumer = ReplyingRpcConsumer()
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+import bson
 from nameko.extensions import DependencyProvider
 from pymongo import ASCENDING, MongoClient, ReturnDocument, UpdateOne
 from pymongo.database import Database
@@ -155,7 +156,11 @@ class BaseStore:
         # the replacement is the new document: no need to have the store send it back
         if self.db[collection].replace_one(guard, after).matched_count != 1:
             return None
-        return visible(after)
+        # as a read would return it: BSON turns tuples into lists and cuts datetimes to
+        # milliseconds, under the client's own codec options (tz-aware)
+        options = self.db[collection].codec_options
+        return visible(bson.decode(bson.encode(after, codec_options=options),
+                                   codec_options=options))
 
     # -- outbox ---------------------------------------------------------------------
     def outbox_ack(self, collection: str, doc_id: str, event_id: str) -> bool:

@@ -18,7 +18,14 @@ from pymongo import MongoClient, ReturnDocument
 from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError, OperationFailure
 
-from services.common.storage import BaseStore, Index, asc, new_with_outbox, with_outbox
+from services.common.storage import (
+    BaseStore,
+    Index,
+    asc,
+    new_with_outbox,
+    visible,
+    with_outbox,
+)
 from services.registry.store import VOLUNTEERS, RegistryStore
 
 pytestmark = pytest.mark.compat
@@ -237,8 +244,17 @@ def test_datetimes_written_by_set(db: Database, is_nx: bool) -> None:
     store = BaseStore(db)
     after = store.compare_and_replace("d", "1", 1, {"at": NOW, "flag": True}, [])
     assert after is not None and after["at"] == NOW and after["flag"] is True
+    stored = db.d.find_one({"_id": "1"})  # what the store kept, not what was sent
+    assert isinstance(stored["at"], datetime) and stored["at"] == NOW
+    assert stored["flag"] is True
+    assert visible(stored) == after
     assert after["version"] == 2
     assert store.compare_and_replace("d", "1", 1, {"at": NOW}, []) is None  # stale
+    # what a writer gets back is what a later read returns, to the millisecond
+    precise = NOW + timedelta(microseconds=123456)
+    after = store.compare_and_replace("d", "1", 2, {"at": precise, "pair": ("a", "b")}, [])
+    assert after == visible(db.d.find_one({"_id": "1"}))
+    assert after["at"] == NOW + timedelta(milliseconds=123) and after["pair"] == ["a", "b"]
 
 
 def test_range_on_a_number_skips_nulls(db: Database) -> None:
