@@ -172,12 +172,19 @@ class OutboxHandle:
                     (entry for entry in (doc.get("outbox") or {}).values()),
                     key=lambda entry: (entry["event"]["time"], entry["n"]),
                 )
-                due = [entry["event"] for entry in pending
-                       if now - parse_time(entry["event"]["time"]) >= provider.grace]
+                written = [parse_time(entry["event"]["time"]) for entry in pending]
+                due = [entry["event"] for entry, at in zip(pending, written, strict=True)
+                       if now - at >= provider.grace]
                 published = self._send(collection, doc["_id"], due)
                 sent += published
                 if published < len(due):
                     return sent  # broker trouble: stop hammering, the lease expires
+                if len(due) < len(pending):
+                    # Events still in their grace: the call that wrote them is publishing
+                    # them. Look again when the first is due, not a whole lease later (a
+                    # process killed before its publish would hold them back that long).
+                    store.outbox_release(collection, doc["_id"], doc["outbox_lease"],
+                                         min(written) + provider.grace)
         if sent:
             log.info("outbox relay published %d pending event(s)", sent)
         if self._metrics:

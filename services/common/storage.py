@@ -177,9 +177,16 @@ class BaseStore:
         return self.db[collection].find_one_and_update(
             {"outbox_n": {"$gt": 0}, "outbox_lease": {"$lt": now_ms}},
             {"$set": {"outbox_lease": now_ms + int(lease.total_seconds() * 1000)}},
-            projection={"outbox": 1},
+            projection={"outbox": 1, "outbox_lease": 1},
             return_document=ReturnDocument.AFTER,
         )
+
+    def outbox_release(self, collection: str, doc_id: str, lease_ms: int,
+                       until: datetime) -> None:
+        """Shorten a lease this relay holds (`lease_ms`, as claimed) to `until`."""
+        self.db[collection].update_one(
+            {"_id": doc_id, "outbox_lease": lease_ms},
+            {"$set": {"outbox_lease": int(until.timestamp() * 1000)}})
 
     def outbox_backlog(self, cap: int = 10_000) -> int:
         """Documents with unpublished events (counted up to `cap` per collection).

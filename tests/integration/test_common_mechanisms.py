@@ -54,6 +54,22 @@ def test_relay_publishes_events_left_pending(registry: Any, db: Any, tap: Any) -
     assert len(events.drain()) == 1
 
 
+def test_relay_leaves_events_in_their_grace_for_a_grace_not_a_lease(
+        registry: Any, db: Any, tap: Any) -> None:
+    """A tick that meets events just written (their call is publishing them) must not
+    hold them back a whole lease if that call's process dies before it publishes."""
+    events = tap("registry")
+    fresh = make_envelope(DomainEvent(TYPE, "vol_y", {"volunteer_id": "vol_y"}),
+                          source="/sanad/registry", now=datetime.now(UTC))
+    db("registry")[VOLUNTEERS].insert_one(
+        new_with_outbox({"_id": "vol_y", "status": "active", "version": 1}, [fresh]))
+    # the grace is 0.5 s and the lease 30 s in the test config: well before the lease
+    # ends, the relay sends it
+    [published] = events.wait(1, TYPE, timeout=10)
+    assert published == fresh
+    wait_for(lambda: db("registry")[VOLUNTEERS].find_one({"_id": "vol_y"})["outbox_n"] == 0)
+
+
 class CountingStore(BaseStore):
     def count(self, event: dict[str, Any]) -> None:
         self.db.handled.update_one({"_id": event["id"]}, {"$inc": {"n": 1}}, upsert=True)
