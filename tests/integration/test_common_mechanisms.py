@@ -175,8 +175,10 @@ def test_replies_are_encoded_once_and_unserialisable_results_are_reported(
 def test_metrics_and_health_endpoints(registry: Any, system: Any) -> None:
     system.register_volunteer(volunteer())
     port = metrics_of(registry).port
-    # counted in nameko's worker_result hook, which runs just after the reply is sent
-    wait_for(lambda: "register_volunteer" in http_get(port, "/metrics")[1])
+    # both counted in nameko's worker_result hooks, which run just after the reply is
+    # sent: the call's, and the outbox's that publishes its event
+    wait_for(lambda: "register_volunteer" in (text := http_get(port, "/metrics")[1])
+             and "sanad_events_published_total{" in text)
     status, text = http_get(port, "/metrics")
     assert status == 200
     assert ('sanad_requests_total{entrypoint="register_volunteer",kind="rpc",'
