@@ -20,9 +20,12 @@ echo "store: nx-27017 on 127.0.0.1:$port, data in $data, log in $data/nx.log"
 .venv-store/bin/nx-27017 --host 127.0.0.1 -p "$port" --data-dir "$data" \
   --log-file "$data/nx.log" --pid-file "$pid_file" 2>"$data/nx.stderr" &
 store=$!
-# On Ctrl-C every process gets the signal at once: give the services a moment to finish
-# their last writes before the store goes (honcho kills stragglers after 5 s).
-trap 'sleep 2; kill -TERM "$store" 2>/dev/null; wait "$store"; echo "store: stopped"; exit 0' INT TERM
+# On Ctrl-C every process gets the signal at once: the store stays until this checkout's
+# services have exited (their last writes, and timers still running, need it), at most
+# 4.5 s: honcho kills stragglers after 5 s.
+services="$PWD/[.]venv/bin/nameko run"
+trap 'for _ in $(seq 45); do pgrep -f "$services" >/dev/null || break; sleep 0.1; done
+      kill -TERM "$store" 2>/dev/null; wait "$store"; echo "store: stopped"; exit 0' INT TERM
 if wait "$store"; then exit 0; fi
 echo "store: exited with an error; see $data/nx.stderr" >&2
 tail -5 "$data/nx.stderr" >&2
