@@ -195,13 +195,9 @@ def to_wire(value: Any) -> Any:
     kind = type(value)
     if kind in _PLAIN:
         return value
-    if kind is dict:
+    if kind is dict or isinstance(value, Mapping):
         return {("id" if key == "_id" else key): to_wire(item) for key, item in value.items()}
-    if kind is list:
-        return [to_wire(item) for item in value]
-    if isinstance(value, Mapping):
-        return {("id" if key == "_id" else key): to_wire(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
+    if kind is list or isinstance(value, tuple):
         return [to_wire(item) for item in value]
     if isinstance(value, datetime):
         return value.isoformat().replace("+00:00", "Z")

@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 CLAIM_WINDOW = timedelta(minutes=1)  # a "claiming" assignment older than this is stale
 WAITLIST_LIMIT = 200
 Wrap = Callable[[Iterable[DomainEvent], datetime], list[dict[str, Any]]]
-Publish = Callable[[str, str, Iterable[Mapping[str, Any]]], object]
+Publish = Callable[[str, str, Iterable[Mapping[str, Any]]], None]
 
 
 class SlotKeeper:
