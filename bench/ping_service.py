@@ -2,7 +2,7 @@
 
 Run in the same `nameko run` process as the registry (see bench/registry_bench.py), so
 both go through the same broker, process and event loop, and through Sanad's RPC
-entrypoint (replies without publisher confirms), like every service call.
+entrypoint (each reply encoded once), like every service call.
 """
 from __future__ import annotations
 
