@@ -381,7 +381,7 @@ def store_only_claims(mongo_uri: str, template_id: str, volunteer_ids: list[str]
                       tasks: int, count: int, rng: random.Random
                       ) -> tuple[list[float], dict[str, list[float]]]:
     """The store work of `tasks.accept` without nameko or the broker: the service's own
-    reads (task, volunteer snapshot) and SlotKeeper.accept on TasksStore, as the volunteer,
+    steps (volunteer snapshot, SlotKeeper.sign_up on TasksStore), as the volunteer,
     from this process, in a database of its own (copies of a claim task, no holders, and
     of the volunteer snapshots). Nothing is published; each claim's events are acknowledged
     after it, untimed and uncounted, as the service acks them in batches off the request
@@ -418,10 +418,14 @@ def store_only_claims(mongo_uri: str, template_id: str, volunteer_ids: list[str]
             task_id, volunteer_id = next(plan)
             commands.recording = True  # the warm-up claims too: stats are per claim
             started = time.perf_counter()
-            now = ServiceBase.now()
-            task = store.task(task_id, FOR_CLAIM)
-            domain.check_eligible(task, store.snapshot(VOLUNTEERS, volunteer_id))
-            SlotKeeper(store, wrap, publish, policy, now).accept(task, volunteer_id)
+            keeper = SlotKeeper(store, wrap, publish, policy, ServiceBase.now())
+            volunteer = store.snapshot(VOLUNTEERS, volunteer_id)
+            gaps = domain.vetting_gaps(volunteer)
+            if gaps is None or keeper.sign_up(task_id, volunteer_id, gaps,
+                                              Caller(volunteer_id)) is None:
+                task = store.task(task_id, FOR_CLAIM)  # as the service: the full read
+                domain.check_eligible(task, volunteer)
+                keeper.accept(task, volunteer_id)
             elapsed = time.perf_counter() - started
             commands.recording = False
             if acks:

@@ -18,7 +18,7 @@ from services.common.caller import COORDINATOR, Caller
 from services.common.envelope import DomainEvent
 from services.common.errors import Conflict, Forbidden, ValidationError
 from services.tasks import events
-from services.tasks.schemas import MAX_SESSIONS
+from services.tasks.schemas import MAX_SESSIONS, VETTING_KINDS
 
 TASK_TRANSITIONS: dict[str, frozenset[str]] = {
     "draft": frozenset({"open", "cancelled"}),
@@ -31,7 +31,6 @@ CLAIMABLE = ("open", "in_progress")  # a slot can be taken in these task states
 EDITABLE = ("draft", "open", "filled")
 
 ASSIGNMENT_TRANSITIONS: dict[str, frozenset[str]] = {
-    "claiming": frozenset({"accepted", "expired", "withdrawn"}),  # a sign-up in flight
     "applied": frozenset({"accepted", "declined", "withdrawn"}),
     "offered": frozenset({"accepted", "declined", "expired", "withdrawn"}),
     "waitlisted": frozenset({"offered", "withdrawn"}),
@@ -40,7 +39,7 @@ ASSIGNMENT_TRANSITIONS: dict[str, frozenset[str]] = {
     "completed": frozenset(), "declined": frozenset(), "withdrawn": frozenset(),
     "expired": frozenset(), "no_show": frozenset(),
 }
-LIVE = frozenset({"claiming", "applied", "offered", "waitlisted", "accepted", "active"})
+LIVE = frozenset({"applied", "offered", "waitlisted", "accepted", "active"})
 HOLDS_SLOT = frozenset({"accepted", "active"})  # plus offers made from the waitlist
 URGENT = ("critical", "high")
 
@@ -316,6 +315,21 @@ def check_eligible(task: Mapping[str, Any], volunteer: Mapping[str, Any] | None)
             problems.append(f"{kind} vetting expires {until}, before the task ends.")
     if problems:
         raise Conflict("Vetting required by this task is not valid.", {"vetting": problems})
+
+
+def vetting_gaps(volunteer: Mapping[str, Any] | None) -> list[str] | None:
+    """The vetting kinds a task must not require for this volunteer to take it whatever
+    its dates: all but those cleared without expiry. None: no task at all (not active).
+
+    A sign-up puts them in its claim's condition, so the one conditional update that
+    takes the slot also keeps the vetting rule; a task that needs more is decided by
+    `check_eligible` on a full read."""
+    if volunteer is None or volunteer.get("status") != "active":
+        return None
+    vetting = volunteer.get("vetting") or {}
+    return [kind for kind in VETTING_KINDS
+            if (vetting.get(kind) or {}).get("state") != "cleared"
+            or (vetting.get(kind) or {}).get("valid_until") is not None]
 
 
 def require_self(caller: Caller, volunteer_id: str) -> None:

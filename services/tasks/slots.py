@@ -4,20 +4,26 @@ A claim touches two documents (the task's slot counter and the volunteer's assig
 without a transaction, so each step is a conditional update that only one worker can
 win, and the order leaves every crash in a state `reconcile` repairs:
 
-    claim:    live assignment ("claiming", due soon) → task: take slot
-              → assignment: accepted + accepted event
+    claim:    task: take slot (and mark the task for an audit of its holders later)
+              → assignment: inserted accepted with its event (or the live one confirmed)
     release:  assignment: leaves live state + its event → task: give slot back
               → promote the first eligible waitlisted volunteer → filled/reopened flip
+
+A crash between a claim's two writes leaves a holder with no live assignment: a retry
+by the volunteer records it (`adopt_slot`); otherwise `reconcile`, once the audit time
+has passed, gives the slot back.
 
 Used by the service's RPCs and timers alike; knows nothing of nameko.
 """
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
+from services.common.caller import Caller
 from services.common.envelope import DomainEvent
 from services.common.errors import Conflict, Forbidden
 from services.common.ids import new_id
@@ -26,10 +32,16 @@ from services.tasks.store import ASSIGNMENTS, TASKS, VOLUNTEERS, TasksStore
 
 log = logging.getLogger(__name__)
 
-CLAIM_WINDOW = timedelta(minutes=1)  # a "claiming" assignment older than this is stale
+# a slot held this long without its assignment was left by a crash; a claim that has
+# taken half of it gives up rather than write an assignment the audit may not see
+AUDIT_AFTER = timedelta(minutes=5)
 WAITLIST_LIMIT = 200
 Wrap = Callable[[Iterable[DomainEvent], datetime], list[dict[str, Any]]]
 Publish = Callable[[str, str, Iterable[Mapping[str, Any]]], None]
+
+
+def epoch_ms(at: datetime) -> int:
+    return int(at.timestamp() * 1000)
 
 
 class SlotKeeper:
@@ -37,6 +49,7 @@ class SlotKeeper:
                  policy: domain.Policy, now: datetime) -> None:
         self.store, self.wrap, self.publish = store, wrap, publish
         self.policy, self.now = policy, now
+        self.audit_at_ms = epoch_ms(now + AUDIT_AFTER)
 
     # -- small helpers ----------------------------------------------------------------
     def write_assignment(self, doc: Mapping[str, Any], set_: Mapping[str, Any],
@@ -60,22 +73,29 @@ class SlotKeeper:
         return after
 
     # -- claim ------------------------------------------------------------------------
+    def sign_up(self, task_id: str, volunteer_id: str, vetting_gaps: Iterable[str],
+                caller: Caller) -> dict[str, Any] | None:
+        """A volunteer's own accept, in two writes when a slot is free: the claim's
+        condition carries the task's rules that the volunteer's snapshot can state
+        (`domain.vetting_gaps`), then the accepted assignment is inserted. None when the
+        claim matched nothing: `accept`, on a full read of the task, decides then."""
+        started = time.monotonic()
+        taken = self.store.claim_slot(task_id, volunteer_id, domain.CLAIMABLE,
+                                      self.audit_at_ms, vetting_gaps)
+        if taken is None:
+            return None
+        return self._record_holder(taken, volunteer_id, None, started,
+                                   lambda: domain.is_org_member(caller, taken["organisation_id"]))
+
     def accept(self, task: Mapping[str, Any], volunteer_id: str,
                existing: Mapping[str, Any] | None = None, may_approve: bool = False
                ) -> dict[str, Any]:
         """Give the volunteer a slot; Conflict when none is free.
 
-        Without `existing`, a sign-up starts by inserting its live assignment: the common
-        case (no earlier assignment) then costs no read to learn that there was none.
+        `existing`: the volunteer's live assignment, if the caller has read it.
         `may_approve`: the caller may turn an application into an accepted assignment.
         """
         if existing is None:
-            if task["status"] in domain.CLAIMABLE:
-                fresh = self._new_claiming(task, volunteer_id)
-                stored = self.store.insert_assignment_if_none(fresh, [])
-                if stored is not None:
-                    return self._claim(task, volunteer_id, fresh, stored)
-            # an offer, an application, or a slot kept from the waitlist
             existing = self.store.live_assignment(domain.live_key(task["_id"], volunteer_id))
         if existing and existing["status"] == "applied" and not may_approve:
             raise Forbidden("Not allowed.", {"organisation_id": [
@@ -89,34 +109,47 @@ class SlotKeeper:
             raise Conflict("No free slot on this task.", {"task_id": [
                 f"Task is {task['status']}; join the waitlist instead."
                 if task["status"] == "filled" else f"Task is {task['status']}."]})
-        if existing and existing["status"] in ("applied", "offered", "claiming", "waitlisted"):
-            return self._claim(task, volunteer_id, existing, None)
-        fresh = self._new_claiming(task, volunteer_id)
-        return self._claim(task, volunteer_id, fresh, self.store.insert_assignment(fresh, []))
-
-    def _new_claiming(self, task: Mapping[str, Any], volunteer_id: str) -> dict[str, Any]:
-        return domain.new_assignment(new_id("asg"), task, volunteer_id, "claiming", self.now,
-                                     due_at=self.now + CLAIM_WINDOW)
-
-    def _claim(self, task: Mapping[str, Any], volunteer_id: str,
-               assignment: Mapping[str, Any], stored: Mapping[str, Any] | None
-               ) -> dict[str, Any]:
-        """Take the slot, then confirm the live assignment (`stored`: as just inserted)."""
-        after = self._task_step(
-            lambda env: self.store.claim_slot(task["_id"], volunteer_id, domain.CLAIMABLE, env),
-            task["_id"], [])
-        if after is None:
-            after = self.store.holds_slot(task["_id"], volunteer_id)
-            if after is None:
-                if assignment["status"] == "claiming":
-                    self.store.update_assignment(assignment, {"status": "expired"}, [],
-                                                 live=False, stored=stored)
+        started = time.monotonic()
+        taken = self.store.claim_slot(task["_id"], volunteer_id, domain.CLAIMABLE,
+                                      self.audit_at_ms)
+        if taken is None:
+            # a retry after a crash between a claim's two writes finds its slot held
+            taken = self.store.adopt_slot(task["_id"], volunteer_id, self.audit_at_ms)
+            if taken is None:
                 raise Conflict("No free slot on this task.", {"task_id": [
                     "All slots are taken; join the waitlist to be offered the next one."]})
-            # else: a retry after a crash between the two writes
+        return self._record_holder(taken, volunteer_id, existing, started,
+                                   lambda: may_approve)
+
+    def _record_holder(self, task: Mapping[str, Any], volunteer_id: str,
+                       existing: Mapping[str, Any] | None, started: float,
+                       may_approve: Callable[[], bool]) -> dict[str, Any]:
+        """The volunteer holds a slot of `task` (as CLAIMED): record it in their live
+        assignment, a new accepted one unless they have one, or give the slot back."""
+        if time.monotonic() - started > AUDIT_AFTER.total_seconds() / 2:
+            self.give_back(task["_id"], volunteer_id)
+            raise Conflict("The store was too slow to take this slot; try again.", {})
+        if existing is None:
+            doc = domain.new_assignment(new_id("asg"), task, volunteer_id, "accepted",
+                                        self.now, **self._accepted_fields(task))
+            envelopes = self.wrap([domain.assignment_event(events.ASSIGNMENT_ACCEPTED, doc)],
+                                  self.now)
+            stored = self.store.insert_assignment_if_none(doc, envelopes)
+            if stored is not None:
+                self.publish(ASSIGNMENTS, doc["_id"], envelopes)
+                self.settle(task)
+                return doc
+            existing = self.store.live_assignment(domain.live_key(task["_id"], volunteer_id))
+        if existing is not None and existing["status"] in domain.HOLDS_SLOT:
+            return dict(existing)  # recorded by a retry: one slot per volunteer, this one
         try:
-            confirmed = self._confirm(assignment, after, stored)
-        except Conflict:
+            if existing is None:
+                raise Conflict("The assignment changed meanwhile; try again.", {})
+            if existing["status"] == "applied" and not may_approve():
+                raise Forbidden("Not allowed.", {"organisation_id": [
+                    "An application is accepted by a coordinator of the organisation."]})
+            confirmed = self._confirm(existing, task)
+        except (Conflict, Forbidden):
             # the assignment moved meanwhile (offer expired, declined): unless it is
             # accepted after all, the slot just taken goes back
             current = self.store.live_assignment(domain.live_key(task["_id"], volunteer_id))
@@ -124,19 +157,20 @@ class SlotKeeper:
                 return current
             self.give_back(task["_id"], volunteer_id)
             raise
-        self.settle(after)
+        self.settle(task)
         return confirmed
 
-    def _confirm(self, assignment: Mapping[str, Any], task: Mapping[str, Any],
-                 stored: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    def _accepted_fields(self, task: Mapping[str, Any]) -> dict[str, Any]:
         start_by = max(task.get("starts_at") or self.now, self.now) + timedelta(
             hours=self.policy.start_grace_hours)
-        set_ = {"status": "accepted", "accepted_at": self.now, "due_at": start_by,
-                "history": [*assignment.get("history", []),
-                            {"status": "accepted", "at": self.now}][-50:]}
+        return {"accepted_at": self.now, "due_at": start_by}
+
+    def _confirm(self, assignment: Mapping[str, Any], task: Mapping[str, Any]
+                 ) -> dict[str, Any]:
+        set_ = {**self._accepted_fields(task), "status": "accepted", "history": [
+            *assignment.get("history", []), {"status": "accepted", "at": self.now}][-50:]}
         evts = [domain.assignment_event(events.ASSIGNMENT_ACCEPTED, assignment)]
-        after = self.write_assignment(assignment, set_, evts, unset=("offer_kind",),
-                                       stored=stored)
+        after = self.write_assignment(assignment, set_, evts, unset=("offer_kind",))
         if after is None:
             raise Conflict("The assignment changed meanwhile; try again.", {})
         return after
@@ -157,8 +191,9 @@ class SlotKeeper:
         self.give_back(assignment["task_id"], assignment["volunteer_id"])
         return after
 
-    def give_back(self, task_id: str, volunteer_id: str) -> None:
-        task = self.store.release_slot(task_id, volunteer_id, [])
+    def give_back(self, task_id: str, volunteer_id: str, audited_ms: int | None = None
+                  ) -> None:
+        task = self.store.release_slot(task_id, volunteer_id, [], audited_ms)
         if task is not None:
             self.promote_waitlist(task)
             self.settle(self.store.task(task_id))
@@ -171,7 +206,8 @@ class SlotKeeper:
             chosen = domain.eligible_first(task["waitlist"], volunteers, task)
             if chosen is None:
                 return
-            after = self.store.promote(task["_id"], chosen, (*domain.CLAIMABLE, "filled"), [])
+            after = self.store.promote(task["_id"], chosen, (*domain.CLAIMABLE, "filled"),
+                                       self.audit_at_ms)
             if after is None:
                 return  # another replica promoted someone: it carries on from there
             waiting = self.store.live_assignment(domain.live_key(task["_id"], chosen))
@@ -231,25 +267,24 @@ class SlotKeeper:
             done = self.release(assignment, "no_show", events.ASSIGNMENT_NO_SHOW,
                                 "did not start in time")
             return "no_show" if done else None
-        if status == "claiming":
-            task = self.store.task(assignment["task_id"])
-            if assignment["volunteer_id"] in task["holders"]:
-                self._confirm(assignment, task)
-                return "accepted"
-            done = self.store.update_assignment(assignment, {"status": "expired"}, [],
-                                                live=False, unset=("due_at",))
-            return "expired" if done else None
         return None
 
     def reconcile(self, task: Mapping[str, Any]) -> None:
         """Repair a task left half-way by a crash: slots held with no live assignment,
-        promotions without their offer, status out of step with the free count."""
-        for volunteer_id in list(task.get("holders", [])):
-            live = self.store.live_assignment(domain.live_key(task["_id"], volunteer_id))
-            if live is None:
-                log.warning("releasing orphan slot of %s on %s", volunteer_id, task["_id"])
-                self.give_back(task["_id"], volunteer_id)
-            elif live["status"] == "waitlisted":
-                self.offer_reserved(live, task)
+        promotions without their offer, status out of step with the free count.
+
+        Holders are judged only once every slot in `task` was taken more than AUDIT_AFTER
+        ago (a younger one may have its assignment on the way), and a slot goes back only
+        if none was taken since (`audited_ms`)."""
+        audited_ms = task.get("claims_audit_ms", 0)
+        if audited_ms < epoch_ms(self.now):
+            for volunteer_id in list(task.get("holders", [])):
+                live = self.store.live_assignment(domain.live_key(task["_id"], volunteer_id))
+                if live is None:
+                    log.warning("releasing orphan slot of %s on %s", volunteer_id,
+                                task["_id"])
+                    self.give_back(task["_id"], volunteer_id, audited_ms)
+                elif live["status"] == "waitlisted":
+                    self.offer_reserved(live, task)
         self.promote_waitlist(self.store.task(task["_id"]))
         self.settle(self.store.task(task["_id"]))

@@ -36,7 +36,7 @@ COUNTERS = "counters"
 STATUS_LIST_SIZE = 131072  # bits per W3C Bitstring Status List (the spec's minimum)
 AFTER = ReturnDocument.AFTER
 # what a claim reads and goes on with; not the growing holders and waitlist
-CLAIMED = {"status": 1, "free": 1, "slots": 1, "starts_at": 1}
+CLAIMED = {"status": 1, "free": 1, "slots": 1, "starts_at": 1, "organisation_id": 1}
 # what an accept reads of the task: its rules, not the long lists and texts
 FOR_CLAIM = {**HIDDEN, "holders": 0, "waitlist": 0, "sessions": 0, "description": 0}
 # a task in search results: a summary, get_task has the rest
@@ -48,7 +48,7 @@ SEARCH_ROUNDS = 6  # index ranges read for one page before returning it short
 def stored_task(doc: Mapping[str, Any]) -> dict[str, Any]:
     """A new task as stored. `sort_id` is a copy of `_id` to cut pages on: nx-27017 answers
     a range on `_id` with a full scan, but a range on an indexed field from the index."""
-    return new_with_outbox({**doc, "sort_id": doc["_id"]}, [])
+    return new_with_outbox({**doc, "sort_id": doc["_id"], "claims_audit_ms": 0}, [])
 
 
 def index_key(status: str, skill_id: str | None, language: str | None) -> str:
@@ -78,6 +78,7 @@ class TasksStore(BaseStore):
         # pages of a listing: one index range each (skills and languages: TASK_INDEX)
         Index(TASKS, asc("status", "sort_id")),
         Index(TASKS, asc("status", "free")),  # reconcile: status out of step with free
+        Index(TASKS, asc("claims_audit_ms")),  # reconcile: slots taken a while ago
         Index(TASKS, asc("organisation_id", "sort_id")),
         Index(TASK_INDEX, asc("key", "task_id")),
         Index(TASK_INDEX, asc("task_id")),
@@ -118,45 +119,65 @@ class TasksStore(BaseStore):
     def _slots(self, query: dict[str, Any], update: dict[str, Any],
                envelopes: Iterable[Mapping[str, Any]],
                projection: Mapping[str, int] = HIDDEN,
-               returned: ReturnDocument = AFTER) -> dict[str, Any] | None:
+               returned: ReturnDocument = AFTER, audit_at_ms: int | None = None
+               ) -> dict[str, Any] | None:
         # slots_rev tells a concurrent whole-document edit (update_task) to read again
         update = {**update, "$inc": {**update.get("$inc", {}), "slots_rev": 1}}
+        if audit_at_ms is not None:
+            # a slot taken now has its assignment written next: `reconcile` looks at the
+            # task's holders no earlier than this (milliseconds: `$max` of a datetime is
+            # stored as a string by nx-27017)
+            update["$max"] = {"claims_audit_ms": audit_at_ms}
         return self.db[TASKS].find_one_and_update(
             query, with_outbox(update, envelopes), projection=projection,
             return_document=returned)
 
     def claim_slot(self, task_id: str, volunteer_id: str, statuses: Iterable[str],
-                   envelopes: Iterable[Mapping[str, Any]]) -> dict[str, Any] | None:
-        """Take one free slot for a volunteer who holds none; None when there is none.
-        Returns only what the claim goes on with (CLAIMED): holders grow with the task."""
+                   audit_at_ms: int, vetting_gaps: Iterable[str] = ()
+                   ) -> dict[str, Any] | None:
+        """Take one free slot for a volunteer who holds none, on a task that requires none
+        of `vetting_gaps`; None when there is none. Returns only what the claim goes on
+        with (CLAIMED): holders grow with the task."""
+        query: dict[str, Any] = {"_id": task_id, "status": {"$in": list(statuses)},
+                                 "free": {"$gt": 0}, "holders": {"$nin": [volunteer_id]}}
+        if gaps := list(vetting_gaps):
+            query["vetting_required"] = {"$nin": gaps}
         before = self._slots(
-            {"_id": task_id, "status": {"$in": list(statuses)}, "free": {"$gt": 0},
-             "holders": {"$nin": [volunteer_id]}},
-            {"$inc": {"free": -1}, "$push": {"holders": volunteer_id},
-             "$pull": {"waitlist": volunteer_id}}, envelopes, CLAIMED, ReturnDocument.BEFORE)
+            query, {"$inc": {"free": -1}, "$push": {"holders": volunteer_id},
+                    "$pull": {"waitlist": volunteer_id}},
+            [], CLAIMED, ReturnDocument.BEFORE, audit_at_ms)
         # the claim's own effect on what it read: asking for the document after the
         # update costs nx-27017 a second read of the whole task, the hottest write there is
         return None if before is None else {**before, "free": before["free"] - 1}
 
-    def holds_slot(self, task_id: str, volunteer_id: str) -> dict[str, Any] | None:
-        """The task (as CLAIMED) if the volunteer holds one of its slots."""
-        return self.db[TASKS].find_one({"_id": task_id, "holders": {"$in": [volunteer_id]}},
-                                       CLAIMED)
+    def adopt_slot(self, task_id: str, volunteer_id: str, audit_at_ms: int
+                   ) -> dict[str, Any] | None:
+        """The task (as CLAIMED) if the volunteer holds one of its slots, which the caller
+        goes on to record (a claim retried after a crash between its two writes)."""
+        return self.db[TASKS].find_one_and_update(
+            {"_id": task_id, "holders": {"$in": [volunteer_id]}},
+            {"$max": {"claims_audit_ms": audit_at_ms}}, projection=CLAIMED,
+            return_document=AFTER)
 
     def release_slot(self, task_id: str, volunteer_id: str,
-                     envelopes: Iterable[Mapping[str, Any]]) -> dict[str, Any] | None:
-        return self._slots(
-            {"_id": task_id, "holders": {"$in": [volunteer_id]}},
-            {"$inc": {"free": 1}, "$pull": {"holders": volunteer_id}}, envelopes)
+                     envelopes: Iterable[Mapping[str, Any]],
+                     audited_ms: int | None = None) -> dict[str, Any] | None:
+        """Give a slot back; with `audited_ms`, only if no slot was taken since the
+        holders were read with that `claims_audit_ms` (the slot is orphaned, not new)."""
+        query: dict[str, Any] = {"_id": task_id, "holders": {"$in": [volunteer_id]}}
+        if audited_ms is not None:
+            query["claims_audit_ms"] = audited_ms
+        return self._slots(query, {"$inc": {"free": 1}, "$pull": {"holders": volunteer_id}},
+                           envelopes)
 
     def promote(self, task_id: str, volunteer_id: str, statuses: Iterable[str],
-                envelopes: Iterable[Mapping[str, Any]]) -> dict[str, Any] | None:
+                audit_at_ms: int) -> dict[str, Any] | None:
         """Move one volunteer from the waitlist into a free slot; exactly once."""
         return self._slots(
             {"_id": task_id, "status": {"$in": list(statuses)}, "free": {"$gt": 0},
              "waitlist": {"$in": [volunteer_id]}, "holders": {"$nin": [volunteer_id]}},
             {"$inc": {"free": -1}, "$push": {"holders": volunteer_id},
-             "$pull": {"waitlist": volunteer_id}}, envelopes)
+             "$pull": {"waitlist": volunteer_id}}, [], audit_at_ms=audit_at_ms)
 
     def join_waitlist(self, task_id: str, volunteer_id: str, statuses: Iterable[str]
                       ) -> dict[str, Any] | None:
@@ -186,6 +207,17 @@ class TasksStore(BaseStore):
         return [*self.db[TASKS].find({"status": "filled", "free": {"$gt": 0}},
                                      HIDDEN).limit(limit),
                 *self.db[TASKS].find({"status": "open", "free": 0}, HIDDEN).limit(limit)]
+
+    def tasks_to_audit(self, now: datetime, limit: int) -> list[dict[str, Any]]:
+        """Tasks whose slots were taken long enough ago that each holder's assignment
+        must exist by now."""
+        due = {"claims_audit_ms": {"$gt": 0, "$lt": int(now.timestamp() * 1000)}}
+        return list(self.db[TASKS].find(due, HIDDEN).limit(limit))
+
+    def audited(self, task_id: str, audited_ms: int) -> None:
+        """Off the audit's range, unless a slot was taken since (then looked at again)."""
+        self.db[TASKS].update_one({"_id": task_id, "claims_audit_ms": audited_ms},
+                                  {"$set": {"claims_audit_ms": 0}})
 
     def search_tasks(self, query: dict[str, Any], cursor: str | None, limit: int
                      ) -> tuple[list[dict[str, Any]], str | None]:
@@ -290,7 +322,7 @@ class TasksStore(BaseStore):
     def assignments_due(self, now: datetime, limit: int) -> list[dict[str, Any]]:
         """Offers past their expiry, accepted volunteers past their start grace."""
         return list(self.db[ASSIGNMENTS].find(
-            {"status": {"$in": ["offered", "accepted", "claiming"]}, "due_at": {"$lt": now}},
+            {"status": {"$in": ["offered", "accepted"]}, "due_at": {"$lt": now}},
             HIDDEN).limit(limit))
 
     def assignments_of(self, field: str, value: str, statuses: Iterable[str] | None = None

@@ -99,6 +99,39 @@ def test_conditional_claims_never_oversell(db: Database) -> None:
     assert db.tasks.find_one({"_id": "t"})["free"] == 0
 
 
+def test_a_claim_with_its_conditions_and_audit_time_in_one_update(db: Database) -> None:
+    """The tasks service's sign-up: `$nin` on an array (empty or not) in the guard, and
+    `$inc`, `$push`, `$pull` and an integer `$max` in one find_one_and_update that returns
+    the document as it was; then the audit's indexed integer range."""
+    from pymongo import ReturnDocument
+
+    Index("tasks", asc("claims_audit_ms")).create(db)
+    db.tasks.insert_many([
+        {"_id": "open", "free": 2, "holders": [], "waitlist": ["v1"], "vetting_required": [],
+         "claims_audit_ms": 0},
+        {"_id": "vetted", "free": 2, "holders": [], "waitlist": [],
+         "vetting_required": ["identity", "reference"], "claims_audit_ms": 0}])
+
+    def claim(task_id: str, vid: str, audit_ms: int, gaps: list[str]) -> dict | None:
+        return db.tasks.find_one_and_update(
+            {"_id": task_id, "free": {"$gt": 0}, "holders": {"$nin": [vid]},
+             "vetting_required": {"$nin": gaps}},
+            {"$inc": {"free": -1}, "$push": {"holders": vid}, "$pull": {"waitlist": vid},
+             "$max": {"claims_audit_ms": audit_ms}},
+            projection={"free": 1}, return_document=ReturnDocument.BEFORE)
+
+    assert claim("open", "v1", 2000, ["identity"]) == {"_id": "open", "free": 2}
+    assert claim("open", "v1", 3000, []) is None  # holds one already
+    assert claim("open", "v2", 1000, ["identity"]) is not None  # $max keeps 2000
+    assert claim("vetted", "v3", 5000, ["identity"]) is None  # needs what v3 lacks
+    assert claim("vetted", "v3", 5000, ["criminal_record"]) is not None
+    stored = db.tasks.find_one({"_id": "open"})
+    assert stored["holders"] == ["v1", "v2"] and stored["waitlist"] == []
+    assert stored["free"] == 0 and stored["claims_audit_ms"] == 2000
+    due = db.tasks.find({"claims_audit_ms": {"$gt": 0, "$lt": 4000}})
+    assert [d["_id"] for d in due] == ["open"]
+
+
 def test_sparse_unique_allows_many_tombstones(db: Database) -> None:
     Index("people", asc("email_norm"), unique=True, sparse=True).create(db)
     db.people.insert_one({"_id": "a", "email_norm": "x@y.org"})

@@ -271,6 +271,17 @@ def test_vetting_required_tasks_need_valid_vetting(world: World, rpc: Any, db: A
                                           "valid_until": "2099-12-31", "version": 2})
     wait_for(lambda: db("tasks").volunteers.find_one({"_id": unvetted})["version"] == 3)
     assert world.as_volunteer(unvetted).accept(task["id"], unvetted)["status"] == "accepted"
+    # cleared for good: the sign-up's own claim keeps the rule, and refuses other kinds
+    lifelong = world.volunteer(2)
+    world.registry.set_vetting(lifelong, {"kind": "child_safeguarding", "state": "cleared",
+                                          "valid_until": None, "version": 1})
+    wait_for(lambda: db("tasks").volunteers.find_one({"_id": lifelong})["version"] == 2)
+    assert world.as_volunteer(lifelong).accept(task["id"], lifelong)["status"] == "accepted"
+    checked = world.task(slots=1, vetting_required=["child_safeguarding", "identity"])
+    with pytest.raises(Conflict) as caught:
+        world.as_volunteer(lifelong).accept(checked["id"], lifelong)
+    assert caught.value.details == {"vetting": ["identity vetting is missing."]}
+    assert db("tasks").tasks.find_one({"_id": checked["id"]})["holders"] == []
 
 
 def test_hours_are_verified_and_credited_in_the_registry(world: World) -> None:
@@ -660,3 +671,57 @@ def test_accept_racing_an_expired_offer_gives_the_slot_back(world: World, db: An
     pending = [e["event"]["type"] for e in (after.get("outbox") or {}).values()]
     assert "sanad.assignment.accepted.v1" not in pending
     assert store.assignment(offer["id"])["status"] == "expired"
+
+
+def test_a_crash_between_a_claims_two_writes_leaves_no_slot_lost(world: World,
+                                                                 db: Any) -> None:
+    """The slot is taken, the process dies before the assignment is written: the
+    volunteer's retry records that slot, or the audit gives it back once no claim can
+    still be on its way; never while one may be."""
+    from services.common.envelope import make_envelope
+    from services.tasks import domain as tasks_domain
+    from services.tasks.slots import AUDIT_AFTER, SlotKeeper
+    from services.tasks.store import TasksStore
+
+    store = TasksStore(db("tasks"))
+
+    def keeper(now: datetime) -> SlotKeeper:
+        return SlotKeeper(store, lambda evts, at: [
+            make_envelope(e, source="/sanad/tasks", now=at) for e in evts],
+            lambda collection, doc_id, envelopes: None, tasks_domain.Policy(), now)
+
+    def crashed_claim(task_id: str, vid: str) -> None:  # the first write alone
+        now = datetime.now(UTC)
+        assert store.claim_slot(task_id, vid, tasks_domain.CLAIMABLE,
+                                keeper(now).audit_at_ms) is not None
+
+    task = world.task(slots=3)
+    retrying, gone, late = (world.volunteer(n) for n in range(3))
+    crashed_claim(task["id"], retrying)
+    retried = world.as_volunteer(retrying).accept(task["id"], retrying)
+    assert retried["status"] == "accepted"
+    stored = db("tasks").tasks.find_one({"_id": task["id"]})
+    assert stored["holders"] == [retrying] and stored["free"] == 2
+
+    crashed_claim(task["id"], gone)
+    keeper(datetime.now(UTC)).reconcile(store.task(task["id"]))  # too soon to judge
+    assert db("tasks").tasks.find_one({"_id": task["id"]})["holders"] == [retrying, gone]
+
+    snapshot = store.task(task["id"])  # what a replica's audit read, before ...
+    eventlet.sleep(0.01)
+    crashed_claim(task["id"], late)  # ... another claim: its assignment may be on its way
+    later = datetime.now(UTC) + AUDIT_AFTER + timedelta(seconds=1)
+    keeper(later).reconcile(snapshot)
+    stored = db("tasks").tasks.find_one({"_id": task["id"]})
+    assert stored["holders"] == [retrying, gone, late]  # nothing given back on that read
+
+    assert [t["_id"] for t in store.tasks_to_audit(later, 10)] == [task["id"]]
+    for due in store.tasks_to_audit(later, 10):  # the timer's pass, once every claim is old
+        keeper(later).reconcile(due)
+        store.audited(due["_id"], due["claims_audit_ms"])
+    stored = db("tasks").tasks.find_one({"_id": task["id"]})
+    assert stored["holders"] == [retrying] and stored["free"] == 2
+    assert stored["status"] == "open" and stored["claims_audit_ms"] == 0
+    assert store.tasks_to_audit(later, 10) == []
+    assert [(a["volunteer_id"], a["status"]) for a in world.system.list_assignments(
+        task_id=task["id"])] == [(retrying, "accepted")]

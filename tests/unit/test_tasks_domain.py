@@ -604,3 +604,20 @@ def test_offer_expiry_follows_the_configured_policy() -> None:
     assert policy.offer_expiry(task, NOW) == NOW + timedelta(hours=2)
     assert policy.offer_expiry({**task, "urgency": "normal"}, NOW) == NOW + timedelta(hours=24)
     assert policy.offer_expiry(task, NOW) < policy.offer_expiry({"urgency": "low"}, NOW)
+
+
+def test_a_sign_up_claims_only_where_vetting_cannot_stand_in_the_way() -> None:
+    """The kinds a sign-up's claim refuses outright: all but those cleared for good."""
+    forever = {"state": "cleared", "valid_until": None}
+    assert domain.vetting_gaps(volunteer(criminal_record=forever)) == [
+        "child_safeguarding", "identity", "reference"]  # dated: the full read decides
+    assert domain.vetting_gaps(volunteer(criminal_record=forever, child_safeguarding={
+        "state": "pending", "valid_until": None})) == [
+        "child_safeguarding", "identity", "reference"]
+    assert domain.vetting_gaps({"_id": "vol_1", "status": "active"}) == [
+        "criminal_record", "child_safeguarding", "identity", "reference"]
+    everything = {kind: forever for kind in
+                  ("criminal_record", "child_safeguarding", "identity", "reference")}
+    assert domain.vetting_gaps(volunteer(**everything)) == []
+    for candidate in (None, volunteer("paused"), volunteer("erased")):
+        assert domain.vetting_gaps(candidate) is None
