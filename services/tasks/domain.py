@@ -29,6 +29,7 @@ TASK_TRANSITIONS: dict[str, frozenset[str]] = {
 }
 CLAIMABLE = ("open", "in_progress")  # a slot can be taken in these task states
 EDITABLE = ("draft", "open", "filled")
+ENDED = ("completed", "cancelled", "expired")
 
 ASSIGNMENT_TRANSITIONS: dict[str, frozenset[str]] = {
     "applied": frozenset({"accepted", "declined", "withdrawn"}),

@@ -587,6 +587,10 @@ class TasksService(ServiceBase, OutboxRelay):
         for task in self.store.unbalanced_tasks(TIMER_BATCH):
             slots.reconcile(task)
         for task in self.store.tasks_to_audit(self.now(), TIMER_BATCH):
+            if task["status"] in domain.ENDED:
+                # a sign-up in flight when the task ended wrote its assignment after the
+                # end had closed the others
+                self._close_assignments(task)
             slots.reconcile(task)
             self.store.audited(task["_id"], task["claims_audit_ms"])
 

@@ -9,9 +9,9 @@ win, and the order leaves every crash in a state `reconcile` repairs:
     release:  assignment: leaves live state + its event → task: give slot back
               → promote the first eligible waitlisted volunteer → filled/reopened flip
 
-A crash between a claim's two writes leaves a holder with no live assignment: a retry
-by the volunteer records it (`adopt_slot`); otherwise `reconcile`, once the audit time
-has passed, gives the slot back.
+A crash between a claim's two writes leaves a holder with no live assignment: once the
+task's audit time has passed, `reconcile` gives the slot back (until then the volunteer's
+retry is refused as a second claim would be).
 
 Used by the service's RPCs and timers alike; knows nothing of nameko.
 """
@@ -50,6 +50,7 @@ class SlotKeeper:
         self.store, self.wrap, self.publish = store, wrap, publish
         self.policy, self.now = policy, now
         self.audit_at_ms = epoch_ms(now + AUDIT_AFTER)
+        self.started = time.monotonic()  # the audit time runs from here
 
     # -- small helpers ----------------------------------------------------------------
     def write_assignment(self, doc: Mapping[str, Any], set_: Mapping[str, Any],
@@ -79,12 +80,11 @@ class SlotKeeper:
         condition carries the task's rules that the volunteer's snapshot can state
         (`domain.vetting_gaps`), then the accepted assignment is inserted. None when the
         claim matched nothing: `accept`, on a full read of the task, decides then."""
-        started = time.monotonic()
         taken = self.store.claim_slot(task_id, volunteer_id, domain.CLAIMABLE,
                                       self.audit_at_ms, vetting_gaps)
         if taken is None:
             return None
-        return self._record_holder(taken, volunteer_id, None, started,
+        return self._record_holder(taken, volunteer_id, None,
                                    lambda: domain.is_org_member(caller, taken["organisation_id"]))
 
     def accept(self, task: Mapping[str, Any], volunteer_id: str,
@@ -109,24 +109,21 @@ class SlotKeeper:
             raise Conflict("No free slot on this task.", {"task_id": [
                 f"Task is {task['status']}; join the waitlist instead."
                 if task["status"] == "filled" else f"Task is {task['status']}."]})
-        started = time.monotonic()
         taken = self.store.claim_slot(task["_id"], volunteer_id, domain.CLAIMABLE,
                                       self.audit_at_ms)
         if taken is None:
-            # a retry after a crash between a claim's two writes finds its slot held
-            taken = self.store.adopt_slot(task["_id"], volunteer_id, self.audit_at_ms)
-            if taken is None:
-                raise Conflict("No free slot on this task.", {"task_id": [
-                    "All slots are taken; join the waitlist to be offered the next one."]})
-        return self._record_holder(taken, volunteer_id, existing, started,
-                                   lambda: may_approve)
+            # never taking over a slot the volunteer already holds: its owner (a claim
+            # in flight, a promotion, a release) may be about to give it back
+            raise Conflict("No free slot on this task.", {"task_id": [
+                "All slots are taken; join the waitlist to be offered the next one."]})
+        return self._record_holder(taken, volunteer_id, existing, lambda: may_approve)
 
     def _record_holder(self, task: Mapping[str, Any], volunteer_id: str,
-                       existing: Mapping[str, Any] | None, started: float,
+                       existing: Mapping[str, Any] | None,
                        may_approve: Callable[[], bool]) -> dict[str, Any]:
         """The volunteer holds a slot of `task` (as CLAIMED): record it in their live
         assignment, a new accepted one unless they have one, or give the slot back."""
-        if time.monotonic() - started > AUDIT_AFTER.total_seconds() / 2:
+        if time.monotonic() - self.started > AUDIT_AFTER.total_seconds() / 2:
             self.give_back(task["_id"], volunteer_id)
             raise Conflict("The store was too slow to take this slot; try again.", {})
         if existing is None:
@@ -140,8 +137,6 @@ class SlotKeeper:
                 self.settle(task)
                 return doc
             existing = self.store.live_assignment(domain.live_key(task["_id"], volunteer_id))
-        if existing is not None and existing["status"] in domain.HOLDS_SLOT:
-            return dict(existing)  # recorded by a retry: one slot per volunteer, this one
         try:
             if existing is None:
                 raise Conflict("The assignment changed meanwhile; try again.", {})

@@ -150,15 +150,6 @@ class TasksStore(BaseStore):
         # update costs nx-27017 a second read of the whole task, the hottest write there is
         return None if before is None else {**before, "free": before["free"] - 1}
 
-    def adopt_slot(self, task_id: str, volunteer_id: str, audit_at_ms: int
-                   ) -> dict[str, Any] | None:
-        """The task (as CLAIMED) if the volunteer holds one of its slots, which the caller
-        goes on to record (a claim retried after a crash between its two writes)."""
-        return self.db[TASKS].find_one_and_update(
-            {"_id": task_id, "holders": {"$in": [volunteer_id]}},
-            {"$max": {"claims_audit_ms": audit_at_ms}}, projection=CLAIMED,
-            return_document=AFTER)
-
     def release_slot(self, task_id: str, volunteer_id: str,
                      envelopes: Iterable[Mapping[str, Any]],
                      audited_ms: int | None = None) -> dict[str, Any] | None:

@@ -16,12 +16,20 @@ from tests.support import wait_for
 
 
 @pytest.fixture
-def platform(container_factory: Any, config: dict[str, Any]) -> dict[str, Any]:
+def containers(container_factory: Any, config: dict[str, Any]) -> dict[str, Any]:
     tasks_config = {**config, "ASSIGNMENT_TIMER_SECONDS": 0.3, "OFFER_HOURS": 48,
                     "TASK_TIMER_SECONDS": 0.5}
-    for service, cfg in ((RegistryService, config), (TasksService, tasks_config)):
-        container_factory(service, cfg).start()
-    return tasks_config
+    started = {}
+    for name, service, cfg in (("registry", RegistryService, config),
+                               ("tasks", TasksService, tasks_config)):
+        started[name] = container_factory(service, cfg)
+        started[name].start()
+    return started
+
+
+@pytest.fixture
+def platform(containers: dict[str, Any]) -> dict[str, Any]:
+    return containers["tasks"].config
 
 
 class World:
@@ -673,55 +681,89 @@ def test_accept_racing_an_expired_offer_gives_the_slot_back(world: World, db: An
     assert store.assignment(offer["id"])["status"] == "expired"
 
 
-def test_a_crash_between_a_claims_two_writes_leaves_no_slot_lost(world: World,
-                                                                 db: Any) -> None:
-    """The slot is taken, the process dies before the assignment is written: the
-    volunteer's retry records that slot, or the audit gives it back once no claim can
-    still be on its way; never while one may be."""
+def slot_keeper(store: Any, now: datetime) -> Any:
+    """The service's slot steps, driven by a test; events stay in the outbox."""
     from services.common.envelope import make_envelope
     from services.tasks import domain as tasks_domain
-    from services.tasks.slots import AUDIT_AFTER, SlotKeeper
+    from services.tasks.slots import SlotKeeper
+
+    return SlotKeeper(store, lambda evts, at: [
+        make_envelope(e, source="/sanad/tasks", now=at) for e in evts],
+        lambda collection, doc_id, envelopes: None, tasks_domain.Policy(), now)
+
+
+def test_a_crash_between_a_claims_two_writes_leaves_no_slot_lost(world: World,
+                                                                 db: Any) -> None:
+    """The slot is taken, the process dies before the assignment is written: the audit
+    gives the slot back once no claim can still be on its way, never while one may be;
+    until then the volunteer's retry is refused like any second claim."""
+    from services.tasks import domain as tasks_domain
+    from services.tasks.slots import AUDIT_AFTER
     from services.tasks.store import TasksStore
 
     store = TasksStore(db("tasks"))
 
-    def keeper(now: datetime) -> SlotKeeper:
-        return SlotKeeper(store, lambda evts, at: [
-            make_envelope(e, source="/sanad/tasks", now=at) for e in evts],
-            lambda collection, doc_id, envelopes: None, tasks_domain.Policy(), now)
-
     def crashed_claim(task_id: str, vid: str) -> None:  # the first write alone
-        now = datetime.now(UTC)
-        assert store.claim_slot(task_id, vid, tasks_domain.CLAIMABLE,
-                                keeper(now).audit_at_ms) is not None
+        assert store.claim_slot(task_id, vid, tasks_domain.CLAIMABLE, slot_keeper(
+            store, datetime.now(UTC)).audit_at_ms) is not None
 
     task = world.task(slots=3)
     retrying, gone, late = (world.volunteer(n) for n in range(3))
     crashed_claim(task["id"], retrying)
-    retried = world.as_volunteer(retrying).accept(task["id"], retrying)
-    assert retried["status"] == "accepted"
-    stored = db("tasks").tasks.find_one({"_id": task["id"]})
-    assert stored["holders"] == [retrying] and stored["free"] == 2
-
+    with pytest.raises(Conflict):
+        world.as_volunteer(retrying).accept(task["id"], retrying)
     crashed_claim(task["id"], gone)
-    keeper(datetime.now(UTC)).reconcile(store.task(task["id"]))  # too soon to judge
+    slot_keeper(store, datetime.now(UTC)).reconcile(store.task(task["id"]))  # too soon
     assert db("tasks").tasks.find_one({"_id": task["id"]})["holders"] == [retrying, gone]
 
     snapshot = store.task(task["id"])  # what a replica's audit read, before ...
     eventlet.sleep(0.01)
     crashed_claim(task["id"], late)  # ... another claim: its assignment may be on its way
     later = datetime.now(UTC) + AUDIT_AFTER + timedelta(seconds=1)
-    keeper(later).reconcile(snapshot)
+    slot_keeper(store, later).reconcile(snapshot)
     stored = db("tasks").tasks.find_one({"_id": task["id"]})
     assert stored["holders"] == [retrying, gone, late]  # nothing given back on that read
 
     assert [t["_id"] for t in store.tasks_to_audit(later, 10)] == [task["id"]]
     for due in store.tasks_to_audit(later, 10):  # the timer's pass, once every claim is old
-        keeper(later).reconcile(due)
+        slot_keeper(store, later).reconcile(due)
         store.audited(due["_id"], due["claims_audit_ms"])
     stored = db("tasks").tasks.find_one({"_id": task["id"]})
-    assert stored["holders"] == [retrying] and stored["free"] == 2
+    assert stored["holders"] == [] and stored["free"] == 3
     assert stored["status"] == "open" and stored["claims_audit_ms"] == 0
     assert store.tasks_to_audit(later, 10) == []
+    assert world.as_volunteer(retrying).accept(task["id"], retrying)["status"] == "accepted"
     assert [(a["volunteer_id"], a["status"]) for a in world.system.list_assignments(
         task_id=task["id"])] == [(retrying, "accepted")]
+
+
+def test_a_sign_up_landing_after_its_task_ended_is_closed_by_the_audit(
+        world: World, db: Any, containers: dict[str, Any]) -> None:
+    """The task ends between a sign-up's claim and its insert: the end closed the live
+    assignments before this one existed; the reconcile timer's audit closes it."""
+    from nameko.testing.services import entrypoint_hook
+
+    from services.common.caller import Caller
+    from services.tasks.store import TasksStore
+
+    task = world.task(slots=2)
+    vol = world.volunteer(1)
+
+    class EndedMeanwhile(TasksStore):
+        def claim_slot(self, *args: Any, **kwargs: Any) -> Any:
+            taken = super().claim_slot(*args, **kwargs)
+            # the coordinator's cancel, as far as it gets before the insert lands
+            db("tasks").tasks.update_one({"_id": task["id"]},
+                                         {"$set": {"status": "cancelled"}})
+            return taken
+
+    late = slot_keeper(EndedMeanwhile(db("tasks")), datetime.now(UTC)).sign_up(
+        task["id"], vol, [], Caller(vol))
+    assert late is not None and late["status"] == "accepted"
+    db("tasks").tasks.update_one({"_id": task["id"]}, {"$set": {"claims_audit_ms": 1}})
+    with entrypoint_hook(containers["tasks"], "reconcile_slots") as reconcile:
+        reconcile()
+    store = TasksStore(db("tasks"))
+    assert store.assignment(late["_id"])["status"] == "withdrawn"
+    stored = db("tasks").tasks.find_one({"_id": task["id"]})
+    assert stored["holders"] == [] and stored["claims_audit_ms"] == 0
