@@ -16,11 +16,12 @@ if timeout 1 bash -c "exec 3<>/dev/tcp/127.0.0.1/$port" 2>/dev/null; then
 fi
 echo "store: nx-27017 on 127.0.0.1:$port, data in $data, log in $data/nx.log"
 # Its shutdown on Ctrl-C prints an asyncio traceback; keep stderr in a file and say
-# so only when the store ends with an error.
-.venv-store/bin/nx-27017 --host 127.0.0.1 -p "$port" --data-dir "$data" \
+# so only when the store ends with an error. Its own session: honcho signals each
+# process group on Ctrl-C, and the store must outlive the services (trap below).
+setsid .venv-store/bin/nx-27017 --host 127.0.0.1 -p "$port" --data-dir "$data" \
   --log-file "$data/nx.log" --pid-file "$pid_file" 2>"$data/nx.stderr" &
 store=$!
-# On Ctrl-C every process gets the signal at once: the store stays until this checkout's
+# On Ctrl-C every process group gets the signal at once: the store stays until this checkout's
 # services have exited (their last writes, and timers still running, need it), at most
 # 4.5 s: honcho kills stragglers after 5 s.
 services="$PWD/[.]venv/bin/nameko run"

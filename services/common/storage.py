@@ -259,6 +259,9 @@ class Store(DependencyProvider):
             config.get("MONGO_URI", "mongodb://127.0.0.1:27017"),
             tz_aware=True,
             serverSelectionTimeoutMS=int(config.get("MONGO_TIMEOUT_MS", 5000)),
+            # a store that stops answering fails the call instead of holding its worker
+            # (and a claim's slot) forever
+            socketTimeoutMS=int(config.get("MONGO_SOCKET_TIMEOUT_MS", 30000)),
             appname=f"sanad-{self.container.service_name}",
         )
         db_name = config.get("MONGO_DB_PREFIX", "sanad_") + self.container.service_name
