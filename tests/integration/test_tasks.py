@@ -292,6 +292,20 @@ def test_vetting_required_tasks_need_valid_vetting(world: World, rpc: Any, db: A
     assert db("tasks").tasks.find_one({"_id": checked["id"]})["holders"] == []
 
 
+def test_a_paused_volunteer_is_refused_and_holds_no_slot(world: World, db: Any) -> None:
+    task = world.task(slots=1)
+    vol = world.volunteer(1)
+    world.registry.pause_volunteer(vol, {"version": 1, "reason": "exams"})
+    wait_for(lambda: db("tasks").volunteers.find_one({"_id": vol})["status"] == "paused")
+    with pytest.raises(Conflict) as caught:
+        world.as_volunteer(vol).accept(task["id"], vol)
+    assert caught.value.details == {"volunteer_id": ["Not an active volunteer."]}
+    stored = db("tasks").tasks.find_one({"_id": task["id"]})
+    assert stored["holders"] == [] and stored["free"] == 1 and stored["status"] == "open"
+    other = world.volunteer(2)
+    assert world.as_volunteer(other).accept(task["id"], other)["status"] == "accepted"
+
+
 def test_hours_are_verified_and_credited_in_the_registry(world: World) -> None:
     task = world.task(slots=1)
     vol = world.volunteer(1)
