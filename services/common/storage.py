@@ -48,6 +48,12 @@ class Index:
         db[self.collection].create_index(list(self.keys), **options)
 
 
+def epoch_ms(at: datetime) -> int:
+    """A time as stored where a datetime is not portable: a `$set` or `$max` datetime
+    comes back a string from nx-27017 (see compare_and_replace)."""
+    return int(at.timestamp() * 1000)
+
+
 def asc(*names: str) -> list[tuple[str, int]]:
     return [(name, ASCENDING) for name in names]
 
@@ -173,7 +179,7 @@ class BaseStore:
         """Lease one document with pending events, so replicas relay different ones."""
         # Epoch milliseconds, not a datetime: a `$set` datetime is not portable (see
         # compare_and_replace), and nobody reads this field but the relay.
-        now_ms = int(now.timestamp() * 1000)
+        now_ms = epoch_ms(now)
         return self.db[collection].find_one_and_update(
             {"outbox_n": {"$gt": 0}, "outbox_lease": {"$lt": now_ms}},
             {"$set": {"outbox_lease": now_ms + int(lease.total_seconds() * 1000)}},
@@ -186,7 +192,7 @@ class BaseStore:
         """Shorten a lease this relay holds (`lease_ms`, as claimed) to `until`."""
         self.db[collection].update_one(
             {"_id": doc_id, "outbox_lease": lease_ms},
-            {"$set": {"outbox_lease": int(until.timestamp() * 1000)}})
+            {"$set": {"outbox_lease": epoch_ms(until)}})
 
     def outbox_backlog(self, cap: int = 10_000) -> int:
         """Documents with unpublished events (counted up to `cap` per collection).

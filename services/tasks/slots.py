@@ -27,6 +27,7 @@ from services.common.caller import Caller
 from services.common.envelope import DomainEvent
 from services.common.errors import Conflict, Forbidden
 from services.common.ids import new_id
+from services.common.storage import epoch_ms
 from services.tasks import domain, events
 from services.tasks.store import ASSIGNMENTS, TASKS, VOLUNTEERS, TasksStore
 
@@ -40,8 +41,9 @@ Wrap = Callable[[Iterable[DomainEvent], datetime], list[dict[str, Any]]]
 Publish = Callable[[str, str, Iterable[Mapping[str, Any]]], None]
 
 
-def epoch_ms(at: datetime) -> int:
-    return int(at.timestamp() * 1000)
+def application_refused() -> Forbidden:
+    return Forbidden("Not allowed.", {"organisation_id": [
+        "An application is accepted by a coordinator of the organisation."]})
 
 
 class SlotKeeper:
@@ -98,8 +100,7 @@ class SlotKeeper:
         if existing is None:
             existing = self.store.live_assignment(domain.live_key(task["_id"], volunteer_id))
         if existing and existing["status"] == "applied" and not may_approve:
-            raise Forbidden("Not allowed.", {"organisation_id": [
-                "An application is accepted by a coordinator of the organisation."]})
+            raise application_refused()
         if existing and existing["status"] in domain.HOLDS_SLOT:
             return dict(existing)  # accepting twice is not an error
         if existing and existing["status"] == "offered" \
@@ -141,8 +142,7 @@ class SlotKeeper:
             if existing is None:
                 raise Conflict("The assignment changed meanwhile; try again.", {})
             if existing["status"] == "applied" and not may_approve():
-                raise Forbidden("Not allowed.", {"organisation_id": [
-                    "An application is accepted by a coordinator of the organisation."]})
+                raise application_refused()
             confirmed = self._confirm(existing, task)
         except (Conflict, Forbidden):
             # the assignment moved meanwhile (offer expired, declined): unless it is

@@ -21,6 +21,7 @@ from services.common.storage import (
     Contention,
     Index,
     asc,
+    epoch_ms,
     new_with_outbox,
     with_outbox,
 )
@@ -125,8 +126,7 @@ class TasksStore(BaseStore):
         update = {**update, "$inc": {**update.get("$inc", {}), "slots_rev": 1}}
         if audit_at_ms is not None:
             # a slot taken now has its assignment written next: `reconcile` looks at the
-            # task's holders no earlier than this (milliseconds: `$max` of a datetime is
-            # stored as a string by nx-27017)
+            # task's holders no earlier than this (`epoch_ms`)
             update["$max"] = {"claims_audit_ms": audit_at_ms}
         return self.db[TASKS].find_one_and_update(
             query, with_outbox(update, envelopes), projection=projection,
@@ -188,7 +188,7 @@ class TasksStore(BaseStore):
 
     def tasks_to_expire(self, now: datetime, limit: int) -> list[dict[str, Any]]:
         # ended tasks have ends_at_ms null, so the range holds live tasks only
-        due = {"ends_at_ms": {"$lt": int(now.timestamp() * 1000)}}
+        due = {"ends_at_ms": {"$lt": epoch_ms(now)}}
         return [task for task in self.db[TASKS].find(due, HIDDEN).limit(limit)
                 if task["status"] in ("draft", "open", "filled")]
 
@@ -202,7 +202,7 @@ class TasksStore(BaseStore):
     def tasks_to_audit(self, now: datetime, limit: int) -> list[dict[str, Any]]:
         """Tasks whose slots were taken long enough ago that each holder's assignment
         must exist by now."""
-        due = {"claims_audit_ms": {"$gt": 0, "$lt": int(now.timestamp() * 1000)}}
+        due = {"claims_audit_ms": {"$gt": 0, "$lt": epoch_ms(now)}}
         return list(self.db[TASKS].find(due, HIDDEN).limit(limit))
 
     def audited(self, task_id: str, audited_ms: int) -> None:
