@@ -102,14 +102,14 @@ from bench.registry_bench import (  # noqa: E402
 from services.common.caller import Caller, caller_context  # noqa: E402
 from services.common.envelope import make_envelope  # noqa: E402
 from services.common.ids import new_id  # noqa: E402
+from services.common.outbox import commit_unpublished  # noqa: E402
 from services.common.schemas import load  # noqa: E402
 from services.common.service import ServiceBase  # noqa: E402
 from services.common.storage import HIDDEN, new_with_outbox  # noqa: E402
 from services.registry.taxonomy import default_taxonomy  # noqa: E402
-from services.tasks import domain, events, schemas  # noqa: E402
+from services.tasks import domain, schemas  # noqa: E402
 from services.tasks.slots import SlotKeeper  # noqa: E402
 from services.tasks.store import (  # noqa: E402
-    FOR_CLAIM,
     TASK_INDEX,
     TASKS,
     VOLUNTEERS,
@@ -405,27 +405,24 @@ def store_only_claims(mongo_uri: str, template_id: str, volunteer_ids: list[str]
         plan = iter(claim_plan(copies, volunteer_ids, count + WARMUP, rng))
         policy = domain.Policy()
 
-        def wrap(events: Any, now: datetime) -> list[dict[str, Any]]:
-            return [make_envelope(e, source="/sanad/tasks", now=now) for e in events]
-
         acks: list[tuple[str, str, str]] = []
+        written = commit_unpublished("tasks")
 
-        def publish(collection: str, doc_id: str, envelopes: Any) -> int:
-            acks.extend((collection, doc_id, envelope["id"]) for envelope in envelopes)
-            return len(acks)
+        def commit(collection: str, doc_id: str, events: Any, write: Any) -> Any:
+            """The service's commit, with the events acknowledged instead of published."""
+            def write_and_note(envelopes: list[dict[str, Any]]) -> Any:
+                done = write(envelopes)
+                if done is not None:
+                    acks.extend((collection, doc_id, e["id"]) for e in envelopes)
+                return done
+            return written(collection, doc_id, events, write_and_note)
 
         def claim() -> float:
             task_id, volunteer_id = next(plan)
             commands.recording = True  # the warm-up claims too: stats are per claim
             started = time.perf_counter()
-            keeper = SlotKeeper(store, wrap, publish, policy, ServiceBase.now())
-            volunteer = store.snapshot(VOLUNTEERS, volunteer_id)
-            gaps = domain.vetting_gaps(volunteer)
-            if gaps is None or keeper.sign_up(task_id, volunteer_id, gaps,
-                                              Caller(volunteer_id)) is None:
-                task = store.task(task_id, FOR_CLAIM)  # as the service: the full read
-                domain.check_eligible(task, volunteer)
-                keeper.accept(task, volunteer_id)
+            keeper = SlotKeeper(store, commit, policy, ServiceBase.now())
+            keeper.take(Caller(volunteer_id), task_id, volunteer_id)  # what accept runs
             elapsed = time.perf_counter() - started
             commands.recording = False
             if acks:
@@ -450,7 +447,7 @@ def event_publishes(stack: TasksStack, count: int) -> list[float]:
     dispatch = event_dispatcher(stack.config)
     assignment = {"_id": new_id("asg"), "task_id": new_id("tsk"), "volunteer_id": new_id("vol"),
                   "organisation_id": new_id("org")}
-    envelope = make_envelope(domain.assignment_event(events.ASSIGNMENT_ACCEPTED, assignment),
+    envelope = make_envelope(domain.created({**assignment, "status": "accepted"}),
                              source="/sanad/tasks", now=ServiceBase.now())
     return timed(lambda: dispatch("bench_probe", envelope["type"], envelope), count)
 
@@ -633,9 +630,10 @@ def search_mix(load_result: TaskLoad, count: int, rng: random.Random
 
 
 def mongo_filter(filters: dict[str, str]) -> dict[str, Any]:
-    """The filter search_tasks builds for {skill_id, language} (services/tasks/service.py)."""
-    return {"status": "open", "skill_ids": {"$in": [filters["skill_id"]]},
-            "language_codes": {"$in": [filters["language"]]}}
+    """The filter the tasks store builds for {skill_id, language} without its index."""
+    return TasksStore.search_filter({"status": "open", "urgency": None, "mode": None,
+                                     "organisation_id": None, "starts_after": None,
+                                     "starts_before": None, **filters})
 
 
 def search_key(filters: dict[str, str]) -> str:
@@ -946,7 +944,7 @@ def search_phase(stack: TasksStack, args: argparse.Namespace, rng: random.Random
                 "pymongo": lambda f: store.search_indexed(
                     search_key(f), lambda t: domain.answers(t, {"status": "open", **f}),
                     None, 50),
-                "scan": lambda f: store.search_tasks(mongo_filter(f), None, 50)}
+                "scan": lambda f: store._task_page(mongo_filter(f), None, 50)}
             interleaved(mix[:2], ways)  # warm up: not counted
             returned.clear()
             next_times.clear()

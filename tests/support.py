@@ -119,3 +119,42 @@ class EventTap:
 
     def close(self) -> None:
         self.connection.release()
+
+
+class DeadLetters:
+    """A service's dead-letter queue, read as an operator would (messages left in it)."""
+
+    def __init__(self, amqp_uri: str, service: str) -> None:
+        from services.common.consumer import dead_letter_queue
+
+        self.connection = Connection(amqp_uri)
+        self.channel = self.connection.channel()
+        self.queue = dead_letter_queue(service)(self.channel)
+        self.queue.declare()
+        self.seen: list[Any] = []
+
+    def wait(self, count: int, timeout: float = 20.0) -> list[dict[str, Any]]:
+        def enough() -> list[dict[str, Any]] | None:
+            while (message := self.queue.get(no_ack=False)) is not None:
+                self.seen.append(message)
+            return [m.decode() for m in self.seen] if len(self.seen) >= count else None
+        return wait_for(enough, timeout=timeout)
+
+    def close(self) -> None:
+        for message in self.seen:
+            message.ack()
+        self.connection.release()
+
+
+def metric_values(port: int, name: str, label: str) -> dict[str, float]:
+    """A counter's samples summed by one label, read from a service's /metrics."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
+        text = reply.read().decode()
+    found: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith(name + "{"):
+            value = line.split(f'{label}="')[1].split('"')[0]
+            found[value] = found.get(value, 0) + float(line.rsplit(" ", 1)[1])
+    return found

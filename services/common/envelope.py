@@ -1,17 +1,34 @@
 """The CloudEvents 1.0 envelope every Sanad event travels in (AMQP and webhooks alike).
 
 Structured JSON mode: attributes and `data` in one object, so a partner receives
-exactly what a service published.
+exactly what a service published. On AMQP the message's content type is
+`application/cloudevents+json`, which is how the CloudEvents AMQP and RabbitMQ bindings
+recognise structured mode; kombu learns to read and write it here (serializer
+`cloudevents`, plain JSON, no kombu type tags).
 """
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import kombu.serialization
+
 from services.common.ids import new_id
+
+CLOUDEVENTS_SERIALIZER = "cloudevents"
+CLOUDEVENTS_CONTENT_TYPE = "application/cloudevents+json"
+
+
+def _encode(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+kombu.serialization.register(CLOUDEVENTS_SERIALIZER, _encode, json.loads,
+                             content_type=CLOUDEVENTS_CONTENT_TYPE, content_encoding="utf-8")
 
 SPECVERSION = "1.0"
 # Versioned types: a breaking change gets a new type, old consumers keep theirs.

@@ -55,3 +55,9 @@ class Forbidden(SanadError):
 
 # Expected errors: logged as outcomes, not as crashes.
 EXPECTED_ERRORS = (ValidationError, NotFound, Conflict, Forbidden)
+
+
+def stale_version(what: str, version: int, current: int) -> Conflict:
+    """The answer to a write made at a version someone else has moved on from."""
+    return Conflict(f"The {what} changed since version {version}.",
+                    {"version": [f"Current version is {current}."]})

@@ -38,7 +38,7 @@ def _outcome(result: Any, exc_info: Any) -> str:
         exc = exc_info[1]
         if isinstance(exc, EXPECTED_ERRORS):
             return type(exc).__name__.lower()
-        return "error"
+        return getattr(exc, "outcome", "error")  # e.g. "busy": handled elsewhere right now
     # Idempotent consumers report what they did with the event.
     if isinstance(result, str) and result in ("processed", "duplicate", "rejected"):
         return result
@@ -64,6 +64,9 @@ class Metrics(DependencyProvider):
         self.events_consumed = Counter(
             "sanad_events_consumed", "Events received by type and outcome.",
             ["type", "outcome"], registry=registry)
+        self.events_dead_lettered = Counter(
+            "sanad_events_dead_lettered", "Events moved to the dead-letter queue, by type "
+            "and reason (malformed, handler_failed).", ["type", "reason"], registry=registry)
         self.event_lag = Histogram(
             "sanad_event_lag_seconds", "Event time to the start of its handling.",
             ["type"], buckets=LAG_BUCKETS, registry=registry)

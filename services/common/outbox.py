@@ -10,27 +10,42 @@ event id.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import eventlet
 import eventlet.event
 from nameko.events import EventDispatcher
 
-from services.common.envelope import DomainEvent, make_envelope, parse_time
+from services.common.envelope import (
+    CLOUDEVENTS_SERIALIZER,
+    DomainEvent,
+    make_envelope,
+    parse_time,
+)
 from services.common.failpoints import failpoint
 from services.common.metrics import metrics_of
-from services.common.storage import BaseStore, Store
+from services.common.storage import BaseStore, Store, pending_events
 from services.common.timers import every
 
 log = logging.getLogger(__name__)
 
 ACK_BATCH_SECONDS = 0.02
+T = TypeVar("T")
+
+
+def _now() -> datetime:
+    now = datetime.now(UTC)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)  # BSON's precision
 
 
 class Outbox(EventDispatcher):
     """Event dispatcher that publishes pending outbox events and acknowledges them."""
+
+    @property
+    def serializer(self) -> str:
+        return CLOUDEVENTS_SERIALIZER  # structured mode, as the CloudEvents bindings read it
 
     def setup(self) -> None:
         super().setup()
@@ -113,25 +128,43 @@ class OutboxHandle:
         self._metrics = metrics_of(provider.container)
         self._queued: list[tuple[str, str, list[Mapping[str, Any]]]] = []
 
-    def wrap(self, events: Iterable[DomainEvent], now: datetime) -> list[dict[str, Any]]:
-        """CloudEvents envelopes for the events a domain change caused."""
-        return [make_envelope(e, source=self._provider.source, now=now) for e in events]
+    def commit(self, collection: str, doc_id: str, events: Iterable[DomainEvent],
+               write: Callable[[list[dict[str, Any]]], T | None]) -> T | None:
+        """Write a change with the events it causes; publish them once the worker has
+        replied. The one way a Sanad service changes state.
 
-    def publish(self, collection: str, doc_id: str,
-                envelopes: Iterable[Mapping[str, Any]]) -> None:
-        """Publish events just written with a change, in order, as soon as the worker has
-        replied: a caller never waits for the broker's confirmation. Whatever is not sent
-        (broker down, process killed) stays pending for the relay."""
-        envelopes = list(envelopes)
-        if envelopes:
+        `write` gets the events as CloudEvents envelopes and stores them with the change
+        in one single-document write (an insert, a compare-and-replace or a conditional
+        update of the store); it returns what it wrote, or None when it wrote nothing (a
+        lost compare-and-set), and then nothing is published. A caller never waits for
+        the broker; events not sent (broker down, process killed) stay pending in the
+        document for the relay, so a change is never committed without its events.
+        """
+        envelopes = [make_envelope(event, source=self._provider.source, now=_now())
+                     for event in events]
+        written = write(envelopes)
+        if written is not None and envelopes:
             self._queued.append((collection, doc_id, envelopes))
+        return written
 
-    def publish_now(self, collection: str, doc_id: str,
-                    envelopes: Iterable[Mapping[str, Any]]) -> int:
-        """Publish events already stored, before the worker goes on; returns how many
-        went out, in order (the rest stays pending for the relay). For a caller that must
-        know, such as an erasure that may drop only what was sent."""
-        return self._send(collection, doc_id, envelopes)
+    def erase(self, raw: Mapping[str, Any], collection: str,
+              tombstone_of: Callable[[Mapping[str, Any]], tuple[dict[str, Any],
+                                                                 list[DomainEvent]]],
+              replace: Callable[[dict[str, Any], list[dict[str, Any]], list[str]],
+                                T | None]) -> T | None:
+        """Replace a record by its tombstone and announce the erasure.
+
+        Events still pending in `raw` carry the record's data: they are sent now, before
+        the tombstone is written, so it keeps none of the ones that went out (`replace`
+        gets the tombstone, the erasure's envelopes and the ids of the events sent). What
+        the broker refuses stays pending for the relay.
+        """
+        pending = pending_events(raw)
+        sent = self._send(collection, raw["_id"], pending)
+        tombstone, events = tombstone_of(raw)
+        published = [event["id"] for event in pending[:sent]]
+        return self.commit(collection, raw["_id"], events,
+                           lambda envelopes: replace(tombstone, envelopes, published))
 
     def flush(self) -> None:
         queued, self._queued = self._queued, []
@@ -168,12 +201,9 @@ class OutboxHandle:
                 doc = store.outbox_claim(collection, now, provider.lease)
                 if doc is None:
                     break
-                pending = sorted(
-                    (entry for entry in (doc.get("outbox") or {}).values()),
-                    key=lambda entry: (entry["event"]["time"], entry["n"]),
-                )
-                written = [parse_time(entry["event"]["time"]) for entry in pending]
-                due = [entry["event"] for entry, at in zip(pending, written, strict=True)
+                pending = pending_events(doc)
+                written = [parse_time(event["time"]) for event in pending]
+                due = [event for event, at in zip(pending, written, strict=True)
                        if now - at >= provider.grace]
                 published = self._send(collection, doc["_id"], due)
                 sent += published
@@ -190,6 +220,19 @@ class OutboxHandle:
         if self._metrics:
             self._metrics.outbox_backlog.set(store.outbox_backlog())
         return sent
+
+
+def commit_unpublished(service: str) -> Callable[..., Any]:
+    """`OutboxHandle.commit` for a service's code driven outside a worker (tests, benches,
+    tools): the change is written with its events, which stay pending for the relay of
+    a running replica."""
+    source = f"/sanad/{service}"
+
+    def commit(collection: str, doc_id: str, events: Iterable[DomainEvent],
+               write: Callable[[list[dict[str, Any]]], T | None]) -> T | None:
+        return write([make_envelope(event, source=source, now=_now()) for event in events])
+
+    return commit
 
 
 class OutboxRelay:

@@ -103,6 +103,13 @@ def _ack(doc_id: str, event_id: str) -> tuple[dict[str, Any], dict[str, Any]]:
             {"$unset": {f"outbox.{event_id}": ""}, "$inc": {"outbox_n": -1}})
 
 
+def pending_events(doc: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The envelopes still waiting in a document's outbox, in the order they were written."""
+    entries = sorted((doc.get("outbox") or {}).values(),
+                     key=lambda entry: (entry["event"]["time"], entry["n"]))
+    return [entry["event"] for entry in entries]
+
+
 def visible(doc: Mapping[str, Any] | None) -> dict[str, Any] | None:
     """A stored document without the outbox bookkeeping."""
     if doc is None:
@@ -168,6 +175,45 @@ class BaseStore:
         return visible(bson.decode(bson.encode(after, codec_options=options),
                                    codec_options=options))
 
+    def replace_keeping_pending(self, collection: str, raw: Mapping[str, Any],
+                                new_doc: dict[str, Any], envelopes: Iterable[Mapping[str, Any]],
+                                published: Iterable[str] = ()) -> dict[str, Any] | None:
+        """Swap the document `raw` (as read, at its version) for `new_doc`, keeping the
+        events still waiting to be published (all but those just `published`) and adding
+        `envelopes`; None if it changed since it was read."""
+        gone = set(published)
+        pending = {k: v for k, v in (raw.get("outbox") or {}).items() if k not in gone}
+        doc = new_with_outbox(new_doc, envelopes)
+        pending.update(doc["outbox"])
+        doc["outbox"], doc["outbox_n"] = pending, len(pending)
+        result = self.db[collection].replace_one(
+            {"_id": raw["_id"], "version": raw["version"]}, doc)
+        return visible(doc) if result.matched_count == 1 else None
+
+    def page(self, collection: str, query: Mapping[str, Any], projection: Mapping[str, Any],
+             cursor: str | None, limit: int, key: str = "_id"
+             ) -> tuple[list[dict[str, Any]], str | None]:
+        """Keyset pagination on a time-ordered id (`key`: `_id`, or an indexed copy of it
+        where the store answers a range on `_id` with a scan): stable under inserts."""
+        if cursor:
+            query = {**query, key: {"$gt": cursor}}
+        docs = list(self.db[collection].find(dict(query), dict(projection))
+                    .sort(key, 1).limit(limit + 1))
+        return docs[:limit], (docs[limit - 1]["_id"] if len(docs) > limit else None)
+
+    # -- read models of other services' records ---------------------------------------
+    def upsert_snapshot(self, collection: str, doc_id: str, version: int,
+                        fields: Mapping[str, Any]) -> bool:
+        """Keep the newest snapshot of another service's record: an older or replayed
+        version changes nothing, so duplicates and reordering converge."""
+        try:
+            result = self.db[collection].update_one(
+                {"_id": doc_id, "version": {"$lt": version}},
+                {"$set": {**fields, "version": version}}, upsert=True)
+        except DuplicateKeyError:
+            return False  # a newer version is stored: the upsert's insert collided
+        return result.modified_count == 1 or result.upserted_id is not None
+
     # -- outbox ---------------------------------------------------------------------
     def outbox_ack(self, collection: str, doc_id: str, event_id: str) -> bool:
         """Drop one published event; a second ack of the same event is a no-op."""
@@ -213,38 +259,53 @@ class BaseStore:
             self.db[collection].bulk_write(ops, ordered=False)
 
     # -- idempotent consumers -------------------------------------------------------
-    def claim_event(self, key: str, now: datetime, lease: timedelta, keep: timedelta) -> str:
-        """Take the right to handle one event: "claimed", "done" (seen) or "busy".
+    def claim_event(self, key: str, now: datetime, lease: timedelta, keep: timedelta
+                    ) -> tuple[str, int]:
+        """Take the right to handle one event: ("claimed", attempts failed so far),
+        ("done", 0) if it was handled, or ("busy", 0).
 
-        The claim is one atomic insert (or a takeover of an expired claim), so two
-        workers given the same event at once never both handle it. "busy" means another
-        worker holds a live lease: the caller requeues and finds it "done" later, or
-        takes it over if that worker died.
+        The claim is one atomic insert, or a conditional takeover of a failed attempt, an
+        expired record or a claim whose lease ran out, so two workers given the same
+        event at once never both handle it. "busy" means another worker holds a live
+        lease: the caller requeues and finds it "done" later, or takes it over if that
+        worker died.
         """
         running = {"_id": key, "state": "running", "at": now, "lease_until": now + lease,
-                   "expires_at": now + keep}
-        try:
-            self.db[PROCESSED].insert_one(running)
-            return "claimed"
-        except DuplicateKeyError:
-            pass
-        # TTL deletion is lazy on some stores: an expired record counts as absent.
-        taken = self.db[PROCESSED].find_one_and_replace(
-            {"_id": key, "$or": [{"expires_at": {"$lte": now}},
-                                 {"state": "running", "lease_until": {"$lt": now}}]},
-            running)
-        if taken is not None:
-            return "claimed"
-        current = self.db[PROCESSED].find_one({"_id": key}, {"state": 1})
-        return "done" if current and current.get("state") == "done" else "busy"
+                   "expires_at": now + keep, "attempts": 0}
+        for _ in range(3):
+            try:
+                self.db[PROCESSED].insert_one(running)
+                return "claimed", 0
+            except DuplicateKeyError:
+                pass
+            current = self.db[PROCESSED].find_one({"_id": key})
+            if current is None:
+                continue  # expired and removed meanwhile: insert again
+            expired = current["expires_at"] <= now  # TTL deletion is lazy on some stores
+            if not expired and current["state"] == "done":
+                return "done", 0
+            if not expired and current["state"] == "running" \
+                    and current["lease_until"] >= now:
+                return "busy", 0
+            attempts = 0 if expired else int(current.get("attempts", 0))
+            guard = {"_id": key, "state": current["state"], "at": current["at"]}
+            if self.db[PROCESSED].find_one_and_replace(
+                    guard, {**running, "attempts": attempts}) is not None:
+                return "claimed", attempts
+        return "busy", 0
+
+    def fail_event(self, key: str, attempts: int, now: datetime, keep: timedelta) -> int:
+        """Record a failed attempt at handling a claimed event; returns the attempts so far.
+        The event may be claimed again at once (its redelivery)."""
+        self.db[PROCESSED].replace_one(
+            {"_id": key, "state": "running"},
+            {"_id": key, "state": "failed", "at": now, "expires_at": now + keep,
+             "attempts": attempts + 1})
+        return attempts + 1
 
     def finish_event(self, key: str, now: datetime, keep: timedelta) -> None:
         self.db[PROCESSED].replace_one(
             {"_id": key}, {"_id": key, "state": "done", "at": now, "expires_at": now + keep})
-
-    def release_event(self, key: str) -> None:
-        """Give a claim back after a transient failure, so the redelivery can retry."""
-        self.db[PROCESSED].delete_one({"_id": key, "state": "running"})
 
 
 class Store(DependencyProvider):

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
 
 from services.common.caller import COORDINATOR, VOLUNTEER, Caller
+from services.common.change import Change
 from services.common.envelope import DomainEvent
 from services.common.errors import Conflict, Forbidden, ValidationError
-from services.registry import events
+from services.contracts import registry as events
 from services.registry.taxonomy import Taxonomy, match_key
 
 
@@ -26,15 +26,6 @@ def iso(moment: datetime) -> str:
 
 
 COARSE_DECIMALS = 2  # ~1 km: enough to match on distance, too coarse to find a home
-
-
-@dataclass
-class Change:
-    """What a command decided: fields to set/unset and the events it causes."""
-
-    set: dict[str, Any] = field(default_factory=dict)
-    unset: list[str] = field(default_factory=list)
-    events: list[DomainEvent] = field(default_factory=list)
 
 
 # -- volunteers ------------------------------------------------------------------------

@@ -8,8 +8,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from marshmallow import EXCLUDE, Schema, fields, validate, validates_schema
 from marshmallow import ValidationError as MarshmallowError
+from marshmallow import fields, validate, validates_schema
 
 from services.common.schemas import (
     CountryCode,
@@ -207,16 +207,3 @@ class ImportBatchSchema(StrictSchema):
                        required=True, validate=validate.Length(min=1, max=1000))
     first_row = fields.Integer(load_default=2, validate=validate.Range(min=1))
     terms_version = Text(required=True, min_length=1, max_length=32)
-
-
-class FeedbackEventSchema(Schema):
-    """What the registry keeps of a tasks `feedback_left` event (other fields ignored)."""
-
-    class Meta:
-        unknown = EXCLUDE
-
-    volunteer_id = fields.String(required=True, validate=ID["validate"])
-    assignment_id = fields.String(required=True, validate=ID["validate"])
-    task_id = fields.String(required=True, validate=ID["validate"])
-    by = fields.String(required=True, validate=validate.OneOf(("volunteer", "organisation")))
-    rating = fields.Integer(required=True, validate=validate.Range(min=1, max=5))

@@ -4,9 +4,16 @@ from __future__ import annotations
 from typing import Any
 
 from services.common.caller import COORDINATOR, PLATFORM_ADMIN, Caller
+from services.common.change import Change
 from services.common.consumer import consumes
 from services.common.envelope import DomainEvent
-from services.common.errors import Conflict, Forbidden, NotFound, ValidationError
+from services.common.errors import (
+    Conflict,
+    Forbidden,
+    NotFound,
+    ValidationError,
+    stale_version,
+)
 from services.common.ids import check_id, new_id
 from services.common.outbox import Outbox, OutboxRelay
 from services.common.schemas import load, to_wire
@@ -29,7 +36,6 @@ SEARCH_ORG = schemas.OrganisationSearchSchema()
 REGISTER_BEN = schemas.RegisterBeneficiarySchema()
 PAGE = schemas.Page()
 IMPORT = schemas.ImportBatchSchema()
-FEEDBACK_EVENT = schemas.FeedbackEventSchema()
 
 
 class RegistryService(ServiceBase, OutboxRelay):
@@ -40,37 +46,33 @@ class RegistryService(ServiceBase, OutboxRelay):
     caller: Caller
 
     # -- plumbing shared by the entrypoints -------------------------------------------
-    def _publish(self, collection: str, doc_id: str, events: list[DomainEvent],
-                 version: int, set_: dict[str, Any], unset: list[str] | None = None,
-                 what: str = "record") -> dict[str, Any]:
-        """Write a change and its events in one update (CAS on version), then publish."""
-        envelopes = self.outbox.wrap(events, self.now())
-        after = self.store.update(collection, doc_id, version, set_, envelopes, what,
-                                  unset or ())
-        self.outbox.publish(collection, doc_id, envelopes)
-        return after
-
     def _insert(self, collection: str, doc: dict[str, Any], events: list[DomainEvent],
                 what: str) -> None:
-        envelopes = self.outbox.wrap(events, self.now())
-        self.store.insert(collection, doc, envelopes, what)
-        self.outbox.publish(collection, doc["_id"], envelopes)
+        self.outbox.commit(collection, doc["_id"], events, lambda envelopes: self.store.insert(
+            collection, doc, envelopes, what))
+
+    def _apply(self, collection: str, doc: dict[str, Any], version: int,
+               change: Change, what: str) -> dict[str, Any]:
+        """Write a domain change of `doc` made at the `version` the caller read."""
+        if version != doc["version"]:
+            raise stale_version(what, version, doc["version"])
+        if not change.writes:
+            return doc
+        return self.outbox.commit(collection, doc["_id"], change.events, lambda envelopes: (
+            self.store.update(collection, doc["_id"], version, change.set, envelopes, what,
+                              change.unset)))
 
     def _erase(self, collection: str, doc_id: str, erase: Any, what: str) -> dict[str, Any]:
-        """Replace a record by its tombstone and publish the erasure."""
+        """Replace a record by its tombstone and announce the erasure."""
         raw = self.store.raw(collection, doc_id)
         if raw is None:
             raise NotFound(f"No such {what}.", {"id": [doc_id]})
-        # Events still pending carry the profile (skills, region, about): send them now,
-        # so the tombstone keeps none of them. What cannot be sent stays for the relay.
-        pending = [entry["event"] for entry in sorted(
-            (raw.get("outbox") or {}).values(), key=lambda e: (e["event"]["time"], e["n"]))]
-        sent = self.outbox.publish_now(collection, doc_id, pending)
-        tombstone, events = erase(raw, self.now())
-        envelopes = self.outbox.wrap(events, self.now())
-        self.store.replace(collection, raw, tombstone, envelopes, what,
-                           published=[e["id"] for e in pending[:sent]])
-        self.outbox.publish(collection, doc_id, envelopes)
+        tombstone = self.outbox.erase(
+            raw, collection, lambda record: erase(record, self.now()),
+            lambda new_doc, envelopes, published: self.store.replace_keeping_pending(
+                collection, raw, new_doc, envelopes, published))
+        if tombstone is None:
+            raise Conflict(f"The {what} changed meanwhile; try again.", {"version": []})
         return tombstone
 
     def _volunteer(self, volunteer_id: Any) -> dict[str, Any]:
@@ -80,16 +82,10 @@ class RegistryService(ServiceBase, OutboxRelay):
             raise NotFound("No such volunteer.", {"id": [doc["_id"]]})
         return doc
 
-    def _apply(self, doc: dict[str, Any], version: int, change: domain.Change
-               ) -> dict[str, Any]:
-        if version != doc["version"]:
-            raise Conflict(f"The volunteer changed since version {version}.",
-                           {"version": [f"Current version is {doc['version']}."]})
-        if not change.set and not change.events:
-            return doc
-        after = self._publish(VOLUNTEERS, doc["_id"], change.events, version, change.set,
-                              change.unset, "volunteer")
-        return after
+    def _changed_volunteer(self, doc: dict[str, Any], version: int, change: Change
+                           ) -> dict[str, Any]:
+        return to_wire(domain.public_view(self._apply(VOLUNTEERS, doc, version, change,
+                                                      "volunteer")))
 
     # -- volunteers --------------------------------------------------------------------
     @rpc
@@ -112,7 +108,7 @@ class RegistryService(ServiceBase, OutboxRelay):
         doc = self._volunteer(volunteer_id)
         domain.require_self_or_admin(self.caller, doc)
         change = domain.update_volunteer(doc, payload, default_taxonomy(), self.now())
-        return to_wire(domain.public_view(self._apply(doc, payload["version"], change)))
+        return self._changed_volunteer(doc, payload["version"], change)
 
     @rpc
     def pause_volunteer(self, volunteer_id: Any, data: Any) -> dict[str, Any]:
@@ -127,7 +123,7 @@ class RegistryService(ServiceBase, OutboxRelay):
         doc = self._volunteer(volunteer_id)
         domain.require_self_or_admin(self.caller, doc)
         change = domain.set_status(doc, status, payload["reason"], self.now())
-        return to_wire(domain.public_view(self._apply(doc, payload["version"], change)))
+        return self._changed_volunteer(doc, payload["version"], change)
 
     @rpc
     def set_vetting(self, volunteer_id: Any, data: Any) -> dict[str, Any]:
@@ -139,7 +135,7 @@ class RegistryService(ServiceBase, OutboxRelay):
             raise Forbidden("Not allowed.", {"caller": ["Nobody vets themselves."]})
         change = domain.set_vetting(doc, payload["kind"], payload["state"],
                                     payload["valid_until"], self.caller, self.now())
-        return to_wire(domain.public_view(self._apply(doc, payload["version"], change)))
+        return self._changed_volunteer(doc, payload["version"], change)
 
     @rpc
     def search_volunteers(self, filters: Any = None) -> dict[str, Any]:
@@ -217,7 +213,7 @@ class RegistryService(ServiceBase, OutboxRelay):
             changes = domain.csv_changes(row, payload, existing)
             change = domain.update_volunteer(existing, changes, default_taxonomy(),
                                              self.now())
-            self._apply(existing, existing["version"], change)
+            self._apply(VOLUNTEERS, existing, existing["version"], change, "volunteer")
             outcome = "updated" if change.set else "unchanged"
             return {"row": line, "outcome": outcome, "volunteer_id": existing["_id"]}
         except (ValidationError, Conflict) as exc:
@@ -225,14 +221,13 @@ class RegistryService(ServiceBase, OutboxRelay):
 
     @consumes("tasks", "sanad.assignment.hours_verified.v1")
     def on_hours_verified(self, event: dict[str, Any]) -> None:
-        data = event["data"]
+        data = event["data"]  # checked against the tasks contract
         inc = domain.credit_hours(data.get("hours"), data.get("skills_practised") or [])
-        volunteer_id = check_id(data.get("volunteer_id"), "vol", "volunteer_id")
-        self.store.credit(volunteer_id, str(data.get("credit_id") or event["id"]), inc)
+        self.store.credit(data["volunteer_id"], data.get("credit_id") or event["id"], inc)
 
     @consumes("tasks", "sanad.assignment.feedback_left.v1")
     def on_feedback_left(self, event: dict[str, Any]) -> None:
-        data = load(FEEDBACK_EVENT, event["data"])
+        data = event["data"]  # checked against the tasks contract
         entry = {"task_id": data["task_id"], "assignment_id": data["assignment_id"],
                  "by": data["by"], "rating": data["rating"], "at": event.get("time")}
         self.store.add_feedback(data["volunteer_id"], f"{data['assignment_id']}:{data['by']}",
@@ -283,10 +278,7 @@ class RegistryService(ServiceBase, OutboxRelay):
         doc = self._organisation(org_id)
         change = domain.decide_organisation(doc, status, payload["reason"], self.caller,
                                             self.now())
-        if not change.set:
-            return to_wire(domain.public_view(doc))
-        after = self._publish(ORGANISATIONS, doc["_id"], change.events, payload["version"],
-                              change.set, what="organisation")
+        after = self._apply(ORGANISATIONS, doc, payload["version"], change, "organisation")
         return to_wire(domain.public_view(after))
 
     @rpc
@@ -303,11 +295,8 @@ class RegistryService(ServiceBase, OutboxRelay):
         doc = self._organisation(org_id)
         domain.require_org_role(doc, self.caller, ("owner",))
         change = domain.set_member(doc, user_id, role, self.now())
-        if not change.set:
-            return to_wire(domain.public_view(doc))
-        after = self._publish(ORGANISATIONS, doc["_id"], [], doc["version"], change.set,
-                              what="organisation")
-        return to_wire(domain.public_view(after))
+        return to_wire(domain.public_view(
+            self._apply(ORGANISATIONS, doc, doc["version"], change, "organisation")))
 
     @rpc
     def search_organisations(self, filters: Any = None) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from typing import Any
 
 from pymongo.errors import DuplicateKeyError
 
-from services.common.errors import Conflict, NotFound
+from services.common.errors import Conflict, NotFound, stale_version
 from services.common.storage import (
     HIDDEN,
     BaseStore,
@@ -49,9 +49,10 @@ class RegistryStore(BaseStore):
 
     # -- generic single-document writes, each with its events -------------------------
     def insert(self, collection: str, doc: dict[str, Any],
-               envelopes: Iterable[Mapping[str, Any]], what: str) -> None:
+               envelopes: Iterable[Mapping[str, Any]], what: str) -> dict[str, Any]:
         try:
             self.db[collection].insert_one(new_with_outbox(doc, envelopes))
+            return doc
         except DuplicateKeyError as exc:
             raise Conflict(f"This {what} is already registered.",
                            _duplicate_fields(exc)) from None
@@ -77,25 +78,8 @@ class RegistryStore(BaseStore):
         except DuplicateKeyError as exc:
             raise Conflict(f"This {what} clashes with another.", _duplicate_fields(exc)) from None
         if after is None:
-            current = self.get(collection, doc_id, what)
-            raise Conflict(f"The {what} changed since version {version}.",
-                           {"version": [f"Current version is {current['version']}."]})
+            raise stale_version(what, version, self.get(collection, doc_id, what)["version"])
         return after
-
-    def replace(self, collection: str, raw: Mapping[str, Any], new_doc: dict[str, Any],
-                envelopes: Iterable[Mapping[str, Any]], what: str,
-                published: Iterable[str] = ()) -> None:
-        """Swap a document for `new_doc`, keeping events still waiting to be published
-        (all but those just `published`)."""
-        gone = set(published)
-        pending = {k: v for k, v in (raw.get("outbox") or {}).items() if k not in gone}
-        doc = new_with_outbox(new_doc, envelopes)
-        pending.update(doc["outbox"])
-        doc["outbox"], doc["outbox_n"] = pending, len(pending)
-        result = self.db[collection].replace_one(
-            {"_id": raw["_id"], "version": raw["version"]}, doc)
-        if result.matched_count != 1:
-            raise Conflict(f"The {what} changed meanwhile; try again.", {"version": []})
 
     def _once(self, volunteer_id: str, keys_field: str, key: str, limit: int,
               fields: Iterable[str], change: Any) -> bool:
@@ -162,7 +146,7 @@ class RegistryStore(BaseStore):
             query["country"] = country
         if modes:
             query["mode"] = {"$in": modes}
-        return self._page(VOLUNTEERS, query, SUMMARY, cursor, limit)
+        return self.page(VOLUNTEERS, query, SUMMARY, cursor, limit)
 
     # -- organisations and beneficiaries --------------------------------------------------
     def search_organisations(self, *, status: str | None, country: str | None,
@@ -175,23 +159,12 @@ class RegistryStore(BaseStore):
             query["country"] = country
         if member:
             query["member_ids"] = {"$in": [member]}
-        return self._page(ORGANISATIONS, query, HIDDEN, cursor, limit)
+        return self.page(ORGANISATIONS, query, HIDDEN, cursor, limit)
 
     def beneficiaries_of(self, org_id: str, cursor: str | None, limit: int
                          ) -> tuple[list[dict[str, Any]], str | None]:
         query = {"organisation_id": org_id, "status": "active"}
-        return self._page(BENEFICIARIES, query, HIDDEN, cursor, limit)
-
-    def _page(self, collection: str, query: dict[str, Any], projection: Mapping[str, Any],
-              cursor: str | None, limit: int) -> tuple[list[dict[str, Any]], str | None]:
-        """Keyset pagination on the time-ordered `_id`: stable under concurrent inserts."""
-        if cursor:
-            query = {**query, "_id": {"$gt": cursor}}
-        docs = list(self.db[collection].find(query, dict(projection))
-                    .sort("_id", 1).limit(limit + 1))
-        next_cursor = docs[limit - 1]["_id"] if len(docs) > limit else None
-        return docs[:limit], next_cursor
-
+        return self.page(BENEFICIARIES, query, HIDDEN, cursor, limit)
 
 
 def _duplicate_fields(exc: DuplicateKeyError) -> dict[str, list[str]]:

@@ -7,7 +7,7 @@ updates. Every function that changes something returns the events it causes.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -15,10 +15,10 @@ from zoneinfo import ZoneInfo
 from dateutil.rrule import rrulestr
 
 from services.common.caller import COORDINATOR, Caller
+from services.common.change import Change
 from services.common.envelope import DomainEvent
 from services.common.errors import Conflict, Forbidden, ValidationError
-from services.tasks import events
-from services.tasks.schemas import MAX_SESSIONS, VETTING_KINDS
+from services.contracts import tasks as events
 
 TASK_TRANSITIONS: dict[str, frozenset[str]] = {
     "draft": frozenset({"open", "cancelled"}),
@@ -27,6 +27,8 @@ TASK_TRANSITIONS: dict[str, frozenset[str]] = {
     "in_progress": frozenset({"completed", "cancelled"}),
     "completed": frozenset(), "cancelled": frozenset(), "expired": frozenset(),
 }
+VETTING_KINDS = ("criminal_record", "child_safeguarding", "identity", "reference")
+MAX_SESSIONS = 200  # a recurring schedule expands to at most this many sessions
 CLAIMABLE = ("open", "in_progress")  # a slot can be taken in these task states
 EDITABLE = ("draft", "open", "filled")
 ENDED = ("completed", "cancelled", "expired")
@@ -34,21 +36,27 @@ ENDED = ("completed", "cancelled", "expired")
 ASSIGNMENT_TRANSITIONS: dict[str, frozenset[str]] = {
     "applied": frozenset({"accepted", "declined", "withdrawn"}),
     "offered": frozenset({"accepted", "declined", "expired", "withdrawn"}),
-    "waitlisted": frozenset({"offered", "withdrawn"}),
+    # offered: a freed slot kept for the first in line; accepted: a volunteer in line
+    # who takes a free slot themselves
+    "waitlisted": frozenset({"offered", "accepted", "withdrawn"}),
     "accepted": frozenset({"active", "completed", "withdrawn", "no_show"}),
     "active": frozenset({"completed", "withdrawn"}),
     "completed": frozenset(), "declined": frozenset(), "withdrawn": frozenset(),
     "expired": frozenset(), "no_show": frozenset(),
 }
+# the event each assignment state is announced with, on creation or on entering it
+ANNOUNCED_AS = {
+    "applied": events.ASSIGNMENT_APPLIED, "offered": events.ASSIGNMENT_OFFERED,
+    "waitlisted": events.ASSIGNMENT_WAITLISTED, "accepted": events.ASSIGNMENT_ACCEPTED,
+    "active": events.ASSIGNMENT_STARTED, "completed": events.ASSIGNMENT_COMPLETED,
+    "declined": events.ASSIGNMENT_DECLINED, "withdrawn": events.ASSIGNMENT_WITHDRAWN,
+    "expired": events.ASSIGNMENT_EXPIRED, "no_show": events.ASSIGNMENT_NO_SHOW,
+}
+# status flips the slots decide: each written only while the task is still in one of these
+FLIPS_FROM = {"filled": ("open",), "open": ("filled",), "in_progress": ("open", "filled")}
 LIVE = frozenset({"applied", "offered", "waitlisted", "accepted", "active"})
 HOLDS_SLOT = frozenset({"accepted", "active"})  # plus offers made from the waitlist
 URGENT = ("critical", "high")
-
-
-@dataclass
-class Change:
-    set: dict[str, Any] = field(default_factory=dict)
-    events: list[DomainEvent] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -268,6 +276,14 @@ def end_task(task: Mapping[str, Any], to: str, reason: str | None, now: datetime
                                                                 "reason": reason})])
 
 
+def flip(task: Mapping[str, Any], to: str) -> Change:
+    """filled (no slot left), open again (one freed) or in_progress (a volunteer started):
+    written by the store only while the task is in `FLIPS_FROM[to]`, so each happens once."""
+    event = {"filled": fill_event, "open": reopen_event,
+             "in_progress": lambda t: start_event(t["_id"])}[to](task)
+    return Change(set={"status": to}, events=[event])
+
+
 def fill_event(task: Mapping[str, Any]) -> DomainEvent:
     return DomainEvent(events.TASK_FILLED, task["_id"],
                        {"task_id": task["_id"], "slots": task["slots"]})
@@ -362,6 +378,20 @@ def move(assignment: Mapping[str, Any], to: str, now: datetime, **fields: Any
     return {"status": to, "history": history, "updated_at": now, **fields}
 
 
+def assignment_change(assignment: Mapping[str, Any], to: str, now: datetime, *,
+                      unset: Iterable[str] = (), event: Mapping[str, Any] | None = None,
+                      **fields: Any) -> Change:
+    """A transition the table allows, announced with the event of the state entered
+    (`event`: extra event data); `fields` are set with it."""
+    return Change(set=move(assignment, to, now, **fields), unset=tuple(unset),
+                  events=[assignment_event(ANNOUNCED_AS[to], assignment, **(event or {}))])
+
+
+def created(assignment: Mapping[str, Any], **data: Any) -> DomainEvent:
+    """The event announcing a new assignment in its first state."""
+    return assignment_event(ANNOUNCED_AS[assignment["status"]], assignment, **data)
+
+
 def assignment_event(event_type: str, assignment: Mapping[str, Any], **data: Any
                      ) -> DomainEvent:
     payload = {"assignment_id": assignment["_id"], "task_id": assignment["task_id"],
@@ -371,8 +401,7 @@ def assignment_event(event_type: str, assignment: Mapping[str, Any], **data: Any
 
 
 def submit_hours(assignment: Mapping[str, Any], task: Mapping[str, Any], hours: float,
-                 session_id: str | None, note: str | None, now: datetime
-                 ) -> tuple[dict[str, Any], DomainEvent]:
+                 session_id: str | None, note: str | None, now: datetime) -> Change:
     if assignment["status"] not in ("accepted", "active"):
         raise Conflict("Hours are logged on an accepted assignment.",
                        {"status": [assignment["status"]]})
@@ -393,12 +422,13 @@ def submit_hours(assignment: Mapping[str, Any], task: Mapping[str, Any], hours: 
              "hours": hours, "note": note, "status": "submitted", "submitted_at": now}
     event = assignment_event(events.HOURS_SUBMITTED, assignment, entry_id=entry["entry_id"],
                              session_id=session_id, hours=hours)
-    return entry, event
+    return Change(set={"hours": [*assignment["hours"], entry], "updated_at": now},
+                  events=[event])
 
 
 def decide_hours(assignment: Mapping[str, Any], task: Mapping[str, Any], entry_id: str,
                  verified: bool, reason: str | None, caller: Caller, now: datetime
-                 ) -> tuple[list[dict[str, Any]], DomainEvent]:
+                 ) -> Change:
     entries = [dict(h) for h in assignment["hours"]]
     entry = next((h for h in entries if h["entry_id"] == entry_id), None)
     if entry is None:
@@ -413,9 +443,25 @@ def decide_hours(assignment: Mapping[str, Any], task: Mapping[str, Any], entry_i
                                  skills_practised=list(task.get("skills_practised", [])),
                                  credit_id=f"{assignment['_id']}:{entry_id}")
     else:
+        # the coordinator's reason is free text about a person: it stays on the
+        # assignment (erased with the volunteer), not in an event partners keep
         event = assignment_event(events.HOURS_REJECTED, assignment, entry_id=entry_id,
-                                 session_id=entry["session_id"], reason=reason)
-    return entries, event
+                                 session_id=entry["session_id"])
+    return Change(set={"hours": entries, "updated_at": now,
+                       "verified_hours": verified_hours({"hours": entries})}, events=[event])
+
+
+def leave_feedback(assignment: Mapping[str, Any], by: str, feedback: Mapping[str, Any],
+                   now: datetime) -> Change:
+    """A rating (and comment) from the volunteer or the organisation, once each."""
+    if assignment["status"] != "completed":
+        raise Conflict("Feedback is left after completion.",
+                       {"status": [assignment["status"]]})
+    if (assignment.get("feedback") or {}).get(by):
+        raise Conflict("Feedback already left.", {"by": [by]})
+    event = assignment_event(events.FEEDBACK_LEFT, assignment, by=by,
+                             rating=feedback["rating"])
+    return Change(set={f"feedback.{by}": {**feedback, "at": now}}, events=[event])
 
 
 def verified_hours(assignment: Mapping[str, Any]) -> float:

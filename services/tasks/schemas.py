@@ -7,18 +7,17 @@ from marshmallow import ValidationError as MarshmallowError
 from marshmallow import fields, validate, validates_schema
 
 from services.common.schemas import CountryCode, LanguageCode, Page, StrictSchema, Text, TimeZone
+from services.tasks.domain import VETTING_KINDS
 
 URGENCIES = ("critical", "high", "normal", "low")
 MODES = ("remote", "onsite", "hybrid")
 SKILL_LEVELS = ("beginner", "intermediate", "advanced", "expert")
 CATEGORIES = ("digital_literacy", "tutoring", "translation", "psychosocial_support", "data",
               "tech", "communication", "management", "creative", "professional")
-VETTING_KINDS = ("criminal_record", "child_safeguarding", "identity", "reference")
 SCHEDULE_KINDS = ("one_off", "deadline", "recurring")
 TASK_STATUSES = ("draft", "open", "filled", "in_progress", "completed", "cancelled", "expired")
 SKILL_ID = validate.Regexp(r"^sk_[a-z0-9_]{1,60}$", error="Not a taxonomy skill id.")
 ID = validate.Regexp(r"^[a-z]{2,5}_[0-9a-f]{28}$", error="Not a valid id.")
-MAX_SESSIONS = 200
 
 
 class RequiredSkillSchema(StrictSchema):

@@ -18,27 +18,27 @@ from nameko.web.handlers import http
 from werkzeug.wrappers import Request, Response
 
 from services.common.caller import COORDINATOR, Caller
+from services.common.change import Change
 from services.common.consumer import consumes
 from services.common.envelope import DomainEvent
-from services.common.errors import Conflict, Forbidden, ValidationError
+from services.common.errors import Conflict, Forbidden, ValidationError, stale_version
 from services.common.ids import check_id, new_id
 from services.common.outbox import Outbox, OutboxRelay
 from services.common.schemas import load, to_wire
 from services.common.service import ServiceBase, rpc
 from services.common.storage import Store
 from services.common.timers import every
-from services.tasks import credentials, domain, events, schemas
+from services.contracts import tasks as events
+from services.tasks import credentials, domain, schemas
 from services.tasks.calendar import volunteer_feed
 from services.tasks.slots import SlotKeeper
 from services.tasks.store import (
     ASSIGNMENTS,
     CREDENTIALS,
-    FOR_CLAIM,
     ORGANISATIONS,
     TASKS,
     VOLUNTEERS,
     TasksStore,
-    index_key,
 )
 
 CREATE = schemas.CreateTaskSchema()
@@ -98,8 +98,7 @@ class TasksService(ServiceBase, OutboxRelay):
             start_grace_hours=float(self.config.get("START_GRACE_HOURS", 24)))
 
     def _slots(self) -> SlotKeeper:
-        return SlotKeeper(self.store, self.outbox.wrap, self.outbox.publish, self._policy(),
-                          self.now())
+        return SlotKeeper(self.store, self.outbox.commit, self._policy(), self.now())
 
     def _task(self, task_id: Any) -> dict[str, Any]:
         return self.store.task(check_id(task_id, "tsk", "task_id"))
@@ -108,21 +107,20 @@ class TasksService(ServiceBase, OutboxRelay):
         return self.store.assignment(check_id(assignment_id, "asg", "assignment_id"))
 
     def _change_task(self, task_id: str, version: int,
-                     decide: Callable[[dict[str, Any]], domain.Change]
-                     ) -> tuple[dict[str, Any], domain.Change]:
+                     decide: Callable[[dict[str, Any]], Change]
+                     ) -> tuple[dict[str, Any], Change]:
         """Edit a task at `version`, deciding again if a slot claim lands meanwhile."""
         for _ in range(10):
             task = self.store.task(task_id)
             if version != task["version"]:
-                raise Conflict(f"The task changed since version {version}.",
-                               {"version": [f"Current version is {task['version']}."]})
+                raise stale_version("task", version, task["version"])
             change = decide(task)
-            if not change.set:
+            if not change.writes:
                 return task, change
-            envelopes = self.outbox.wrap(change.events, self.now())
-            after = self.store.update_task(task, version, change.set, envelopes)
+            after = self.outbox.commit(TASKS, task_id, change.events, lambda envelopes, task=task,
+                                       change=change: self.store.update_task(
+                                           task, version, change.set, envelopes, change.unset))
             if after is not None:
-                self.outbox.publish(TASKS, task_id, envelopes)
                 return after, change
         raise Conflict("The task is busy with claims; try again.", {"task_id": [task_id]})
 
@@ -196,45 +194,23 @@ class TasksService(ServiceBase, OutboxRelay):
         slots = self._slots()
         for assignment in self.store.assignments_of("task_id", task["_id"], domain.LIVE):
             if task["status"] == "completed" and assignment["status"] in domain.HOLDS_SLOT:
-                slots.write_assignment(
-                    assignment, domain.move(assignment, "completed", self.now()),
-                    [domain.assignment_event(events.ASSIGNMENT_COMPLETED, assignment)],
-                    live=False, unset=("due_at",))
+                slots.write_assignment(assignment, domain.assignment_change(
+                    assignment, "completed", self.now(), unset=("due_at",)), live=False)
             else:
-                slots.release(assignment, "withdrawn", events.ASSIGNMENT_WITHDRAWN,
-                              f"task {task['status']}")
+                slots.release(assignment, "withdrawn", f"task {task['status']}")
 
     @rpc
     def search_tasks(self, filters: Any = None) -> dict[str, Any]:
         query = load(SEARCH, filters or {})
-        mongo: dict[str, Any] = {"status": query["status"]}
-        if query["skill_id"]:
-            mongo["skill_ids"] = {"$in": [query["skill_id"]]}
-        if query["language"]:
-            mongo["language_codes"] = {"$in": [query["language"]]}
-        for name in ("urgency", "mode", "organisation_id"):
-            if query[name]:
-                mongo[name] = query[name]
-        window = {}
-        if query["starts_after"]:
-            window["$gte"] = query["starts_after"]
-        if query["starts_before"]:
-            window["$lt"] = query["starts_before"]
-        if window:
-            mongo["starts_at"] = window
+        organisation_ids = None
         if query["status"] == "draft" and not self.caller.is_admin:
             self.caller.require(COORDINATOR)  # drafts: only their organisations see them
             mine = sorted(self.caller.org_ids)
             if query["organisation_id"] and query["organisation_id"] not in mine:
                 raise Forbidden("Not allowed.", {"organisation_id": ["Not your organisation."]})
-            mongo["organisation_id"] = {"$in": [query["organisation_id"]] if
-                                        query["organisation_id"] else mine}
-        if query["status"] != "draft" and (query["skill_id"] or query["language"]):
-            key = index_key(query["status"], query["skill_id"], query["language"])
-            items, cursor = self.store.search_indexed(
-                key, lambda task: domain.answers(task, query), query["cursor"], query["limit"])
-        else:
-            items, cursor = self.store.search_tasks(mongo, query["cursor"], query["limit"])
+            organisation_ids = [query["organisation_id"]] if query["organisation_id"] else mine
+        items, cursor = self.store.search_tasks(query, organisation_ids,
+                                                lambda task: domain.answers(task, query))
         return {"items": [self._reply(t) for t in items], "next_cursor": cursor}
 
     # -- assignments ----------------------------------------------------------------------
@@ -248,26 +224,8 @@ class TasksService(ServiceBase, OutboxRelay):
     def accept(self, task_id: Any, volunteer_id: Any) -> dict[str, Any]:
         """Take a slot: accept an offer or sign up while slots are free (the volunteer),
         or accept an application (a coordinator of the task's organisation)."""
-        volunteer_id = check_id(volunteer_id, "vol", "volunteer_id")
-        task_id = check_id(task_id, "tsk", "task_id")
-        volunteer = self.store.snapshot(VOLUNTEERS, volunteer_id)
-        slots = self._slots()
-        existing = None
-        if self.caller.is_admin or self.caller.user_id == volunteer_id:
-            # a free slot in two writes; anything else is decided on the full read below
-            gaps = domain.vetting_gaps(volunteer)
-            if gaps is not None and (
-                    done := slots.sign_up(task_id, volunteer_id, gaps, self.caller)):
-                return self._reply(done)
-        task = self.store.task(task_id, FOR_CLAIM)
-        may_approve = domain.is_org_member(self.caller, task["organisation_id"])
-        if not (self.caller.is_admin or self.caller.user_id == volunteer_id):
-            existing = self.store.live_assignment(domain.live_key(task["_id"], volunteer_id))
-            if existing is None or existing["status"] != "applied":
-                domain.require_self(self.caller, volunteer_id)
-            domain.require_org_member(self.caller, task["organisation_id"])
-        domain.check_eligible(task, volunteer)
-        return self._reply(slots.accept(task, volunteer_id, existing, may_approve))
+        return self._reply(self._slots().take(self.caller, check_id(task_id, "tsk", "task_id"),
+                                              check_id(volunteer_id, "vol", "volunteer_id")))
 
     @rpc
     def apply(self, task_id: Any, volunteer_id: Any) -> dict[str, Any]:
@@ -276,7 +234,7 @@ class TasksService(ServiceBase, OutboxRelay):
         volunteer_id = self._volunteer_action(task, volunteer_id)
         if task["status"] not in domain.CLAIMABLE:
             raise Conflict(f"Task is {task['status']}.", {"task_id": [task["status"]]})
-        return self._new_assignment(task, volunteer_id, "applied", events.ASSIGNMENT_APPLIED)
+        return self._new_assignment(task, volunteer_id, "applied")
 
     @rpc
     def offer(self, task_id: Any, data: Any) -> dict[str, Any]:
@@ -289,20 +247,17 @@ class TasksService(ServiceBase, OutboxRelay):
         check_id(payload["volunteer_id"], "vol", "volunteer_id")
         domain.check_eligible(task, self.store.snapshot(VOLUNTEERS, payload["volunteer_id"]))
         expires = self._policy().offer_expiry(task, self.now())
-        return self._new_assignment(task, payload["volunteer_id"], "offered",
-                                    events.ASSIGNMENT_OFFERED, due_at=expires,
+        return self._new_assignment(task, payload["volunteer_id"], "offered", due_at=expires,
                                     offer_expires_at=expires, note=payload["note"])
 
     def _new_assignment(self, task: dict[str, Any], volunteer_id: str, status: str,
-                        event_type: str, **extra: Any) -> dict[str, Any]:
+                        **extra: Any) -> dict[str, Any]:
         doc = domain.new_assignment(new_id("asg"), task, volunteer_id, status, self.now(),
                                     **extra)
         data = {"offer_expires_at": extra["offer_expires_at"].isoformat()} \
             if "offer_expires_at" in extra else {}
-        envelopes = self.outbox.wrap([domain.assignment_event(event_type, doc, **data)],
-                                     self.now())
-        self.store.insert_assignment(doc, envelopes)
-        self.outbox.publish(ASSIGNMENTS, doc["_id"], envelopes)
+        self.outbox.commit(ASSIGNMENTS, doc["_id"], [domain.created(doc, **data)],
+                           lambda envelopes: self.store.insert_assignment(doc, envelopes))
         return self._reply(doc)
 
     @rpc
@@ -321,23 +276,22 @@ class TasksService(ServiceBase, OutboxRelay):
     def decline(self, assignment_id: Any) -> dict[str, Any]:
         assignment = self._assignment(assignment_id)
         self._own_or_coordinator(assignment)
-        return self._release(assignment, "declined", events.ASSIGNMENT_DECLINED)
+        return self._release(assignment, "declined")
 
     @rpc
     def withdraw(self, assignment_id: Any) -> dict[str, Any]:
         assignment = self._assignment(assignment_id)
         domain.require_self(self.caller, assignment["volunteer_id"])
-        return self._release(assignment, "withdrawn", events.ASSIGNMENT_WITHDRAWN)
+        return self._release(assignment, "withdrawn")
 
     @rpc
     def mark_no_show(self, assignment_id: Any) -> dict[str, Any]:
         assignment = self._assignment(assignment_id)
         domain.require_org_member(self.caller, assignment["organisation_id"])
-        return self._release(assignment, "no_show", events.ASSIGNMENT_NO_SHOW)
+        return self._release(assignment, "no_show")
 
-    def _release(self, assignment: dict[str, Any], to: str, event_type: str
-                 ) -> dict[str, Any]:
-        after = self._slots().release(assignment, to, event_type)
+    def _release(self, assignment: dict[str, Any], to: str) -> dict[str, Any]:
+        after = self._slots().release(assignment, to)
         if after is None:
             raise Conflict("The assignment changed meanwhile; try again.", {})
         return self._reply(after)
@@ -346,20 +300,15 @@ class TasksService(ServiceBase, OutboxRelay):
     def start(self, assignment_id: Any) -> dict[str, Any]:
         assignment = self._assignment(assignment_id)
         self._own_or_coordinator(assignment)
-        set_ = domain.move(assignment, "active", self.now(), started_at=self.now())
-        reply = self._write(assignment, set_, domain.assignment_event(
-            events.ASSIGNMENT_STARTED, assignment), unset=("due_at",))
+        slots = self._slots()
+        reply = self._write(assignment, domain.assignment_change(
+            assignment, "active", self.now(), unset=("due_at",), started_at=self.now()))
         # the first volunteer starting puts the task in progress (once, whoever wins)
-        task_id = assignment["task_id"]
-        envelopes = self.outbox.wrap([domain.start_event(task_id)], self.now())
-        if self.store.set_status_if(task_id, {"status": {"$in": ["open", "filled"]}},
-                                    "in_progress", envelopes) is not None:
-            self.outbox.publish(TASKS, task_id, envelopes)
+        slots.flip({"_id": assignment["task_id"]}, "in_progress")
         return reply
 
-    def _write(self, assignment: dict[str, Any], set_: dict[str, Any], event: Any,
-               unset: tuple[str, ...] = ()) -> dict[str, Any]:
-        after = self._slots().write_assignment(assignment, set_, [event], unset=unset)
+    def _write(self, assignment: dict[str, Any], change: Change) -> dict[str, Any]:
+        after = self._slots().write_assignment(assignment, change)
         if after is None:
             raise Conflict("The assignment changed meanwhile; try again.", {})
         return self._reply(after)
@@ -370,10 +319,9 @@ class TasksService(ServiceBase, OutboxRelay):
         assignment = self._assignment(assignment_id)
         domain.require_self(self.caller, assignment["volunteer_id"])
         task = self.store.task(assignment["task_id"])
-        entry, event = domain.submit_hours(assignment, task, payload["hours"],
-                                           payload["session_id"], payload["note"], self.now())
-        return self._write(assignment, {"hours": [*assignment["hours"], entry],
-                                        "updated_at": self.now()}, event)
+        return self._write(assignment, domain.submit_hours(
+            assignment, task, payload["hours"], payload["session_id"], payload["note"],
+            self.now()))
 
     @rpc
     def verify_hours(self, assignment_id: Any, data: Any) -> dict[str, Any]:
@@ -388,11 +336,9 @@ class TasksService(ServiceBase, OutboxRelay):
         assignment = self._assignment(assignment_id)
         domain.require_org_member(self.caller, assignment["organisation_id"])
         task = self.store.task(assignment["task_id"])
-        entries, event = domain.decide_hours(assignment, task, payload["entry_id"], verified,
-                                             payload["reason"], self.caller, self.now())
-        return self._write(assignment, {"hours": entries, "updated_at": self.now(),
-                                        "verified_hours": domain.verified_hours(
-                                            {"hours": entries})}, event)
+        return self._write(assignment, domain.decide_hours(
+            assignment, task, payload["entry_id"], verified, payload["reason"], self.caller,
+            self.now()))
 
     @rpc
     def leave_feedback(self, assignment_id: Any, data: Any) -> dict[str, Any]:
@@ -403,15 +349,8 @@ class TasksService(ServiceBase, OutboxRelay):
         else:
             domain.require_org_member(self.caller, assignment["organisation_id"])
             by = "organisation"
-        if assignment["status"] != "completed":
-            raise Conflict("Feedback is left after completion.",
-                           {"status": [assignment["status"]]})
-        if (assignment.get("feedback") or {}).get(by):
-            raise Conflict("Feedback already left.", {"by": [by]})
-        entry = {**payload, "at": self.now()}
-        event = domain.assignment_event(events.FEEDBACK_LEFT, assignment, by=by,
-                                        rating=payload["rating"])
-        return self._write(assignment, {f"feedback.{by}": entry}, event)
+        return self._write(assignment, domain.leave_feedback(assignment, by, payload,
+                                                             self.now()))
 
     @rpc
     def list_assignments(self, task_id: Any = None, volunteer_id: Any = None
@@ -473,9 +412,8 @@ class TasksService(ServiceBase, OutboxRelay):
                "list_id": list_id, "index": index, "status": "active", "version": 1,
                "issued_at": self.now(), "kid": self.keys.active_kid, "token": token}
         event = DomainEvent(events.CREDENTIAL_ISSUED, credential_id, _credential_data(doc))
-        envelopes = self.outbox.wrap([event], self.now())
-        self.store.insert_credential(doc, envelopes)
-        self.outbox.publish(CREDENTIALS, credential_id, envelopes)
+        self.outbox.commit(CREDENTIALS, credential_id, [event],
+                           lambda envelopes: self.store.insert_credential(doc, envelopes))
         return self._credential_reply(doc)
 
     def _credential_reply(self, doc: dict[str, Any]) -> dict[str, Any]:
@@ -506,14 +444,13 @@ class TasksService(ServiceBase, OutboxRelay):
             return self._credential_reply(held)
         event = DomainEvent(events.CREDENTIAL_REVOKED, credential_id,
                             {**_credential_data(held), "reason": payload["reason"]})
-        envelopes = self.outbox.wrap([event], self.now())
-        after = self.store.compare_and_replace(
-            CREDENTIALS, credential_id, payload["version"],
-            {"status": "revoked", "revoked_at": self.now(), "reason": payload["reason"]},
-            envelopes)
+        after = self.outbox.commit(CREDENTIALS, credential_id, [event], lambda envelopes: (
+            self.store.compare_and_replace(
+                CREDENTIALS, credential_id, payload["version"],
+                {"status": "revoked", "revoked_at": self.now(), "reason": payload["reason"]},
+                envelopes)))
         if after is None:
             raise Conflict("The credential changed meanwhile.", {"version": []})
-        self.outbox.publish(CREDENTIALS, credential_id, envelopes)
         return self._credential_reply(after)
 
     @http("GET", "/credentials/jwks.json")
@@ -628,13 +565,14 @@ class TasksService(ServiceBase, OutboxRelay):
         self._ended(event)
 
     def _index(self, event: dict[str, Any]) -> None:
-        self.store.index_task(check_id(event["subject"], "tsk", "subject"))
+        data = event["data"]
+        self.store.index_task(data["task"]["task_id"] if "task" in data else data["task_id"])
 
     def _ended(self, event: dict[str, Any]) -> None:
         """Also end the task's live assignments: done by the call that ended the task,
         again here (then usually nothing is left) for when that process died half-way."""
         self._index(event)
-        self._close_assignments(self.store.task(event["subject"]))
+        self._close_assignments(self.store.task(event["data"]["task"]["task_id"]))
 
     # -- what the registry tells us -----------------------------------------------------
     @consumes(REGISTRY, "sanad.organisation.registered.v1")
@@ -650,11 +588,9 @@ class TasksService(ServiceBase, OutboxRelay):
         self._organisation(event)
 
     def _organisation(self, event: dict[str, Any]) -> None:
-        org = event["data"]["organisation"]
-        self.store.upsert_snapshot(ORGANISATIONS,
-                                   check_id(org["organisation_id"], "org", "organisation_id"),
-                                   int(org["version"]),
-                                   {"status": str(org["status"]), "name": str(org["name"])})
+        org = event["data"]["organisation"]  # checked against the registry contract
+        self.store.upsert_snapshot(ORGANISATIONS, org["organisation_id"], org["version"],
+                                   {"status": org["status"], "name": org["name"]})
 
     @consumes(REGISTRY, "sanad.volunteer.registered.v1")
     def on_volunteer_registered(self, event: dict[str, Any]) -> None:
@@ -673,22 +609,16 @@ class TasksService(ServiceBase, OutboxRelay):
         self._volunteer(event)
 
     def _volunteer(self, event: dict[str, Any]) -> None:
-        snapshot = event["data"]["volunteer"]
-        vetting = snapshot.get("vetting") or {}
-        if not isinstance(vetting, dict):
-            raise ValidationError("Invalid event.", {"vetting": ["Expected an object."]})
-        self.store.upsert_snapshot(VOLUNTEERS,
-                                   check_id(snapshot["volunteer_id"], "vol", "volunteer_id"),
-                                   int(snapshot["version"]),
-                                   {"status": str(snapshot["status"]), "vetting": vetting})
+        snapshot = event["data"]["volunteer"]  # checked against the registry contract
+        self.store.upsert_snapshot(VOLUNTEERS, snapshot["volunteer_id"], snapshot["version"],
+                                   {"status": snapshot["status"], "vetting": snapshot["vetting"]})
 
     @consumes(REGISTRY, "sanad.volunteer.erased.v1")
     def on_volunteer_erased(self, event: dict[str, Any]) -> None:
-        volunteer_id = check_id(event["data"]["volunteer_id"], "vol", "volunteer_id")
+        volunteer_id = event["data"]["volunteer_id"]
         slots = self._slots()
         for assignment in self.store.assignments_of("volunteer_id", volunteer_id, domain.LIVE):
-            slots.release(assignment, "withdrawn", events.ASSIGNMENT_WITHDRAWN,
-                          "volunteer erased")
+            slots.release(assignment, "withdrawn", "volunteer erased")
         self.store.erase_volunteer(volunteer_id)
 
 

@@ -24,12 +24,12 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from services.common.caller import Caller
-from services.common.envelope import DomainEvent
+from services.common.change import Change
 from services.common.errors import Conflict, Forbidden
 from services.common.ids import new_id
 from services.common.storage import epoch_ms
-from services.tasks import domain, events
-from services.tasks.store import ASSIGNMENTS, TASKS, VOLUNTEERS, TasksStore
+from services.tasks import domain
+from services.tasks.store import ASSIGNMENTS, FOR_CLAIM, TASKS, VOLUNTEERS, TasksStore
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +37,7 @@ log = logging.getLogger(__name__)
 # taken half of it gives up rather than write an assignment the audit may not see
 AUDIT_AFTER = timedelta(minutes=5)
 WAITLIST_LIMIT = 200
-Wrap = Callable[[Iterable[DomainEvent], datetime], list[dict[str, Any]]]
-Publish = Callable[[str, str, Iterable[Mapping[str, Any]]], None]
+Commit = Callable[..., Any]  # the worker's `outbox.commit`
 
 
 def application_refused() -> Forbidden:
@@ -47,33 +46,27 @@ def application_refused() -> Forbidden:
 
 
 class SlotKeeper:
-    def __init__(self, store: TasksStore, wrap: Wrap, publish: Publish,
-                 policy: domain.Policy, now: datetime) -> None:
-        self.store, self.wrap, self.publish = store, wrap, publish
+    def __init__(self, store: TasksStore, commit: Commit, policy: domain.Policy,
+                 now: datetime) -> None:
+        self.store, self.commit = store, commit
         self.policy, self.now = policy, now
         self.audit_at_ms = epoch_ms(now + AUDIT_AFTER)
         self.started = time.monotonic()  # the audit time runs from here
 
     # -- small helpers ----------------------------------------------------------------
-    def write_assignment(self, doc: Mapping[str, Any], set_: Mapping[str, Any],
-                          evts: Iterable[DomainEvent], live: bool = True,
-                          unset: Iterable[str] = (), stored: Mapping[str, Any] | None = None
-                          ) -> dict[str, Any] | None:
-        """Change an assignment at its version with its events, then publish them; None
-        when another worker moved it first."""
-        envelopes = self.wrap(evts, self.now)
-        after = self.store.update_assignment(doc, set_, envelopes, live, unset, stored)
-        if after is not None:
-            self.publish(ASSIGNMENTS, doc["_id"], envelopes)
-        return after
+    def write_assignment(self, doc: Mapping[str, Any], change: Change, live: bool = True,
+                         stored: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
+        """Write a change of an assignment at its version with its events; None when
+        another worker moved it first (then nothing is announced)."""
+        return self.commit(ASSIGNMENTS, doc["_id"], change.events, lambda envelopes: (
+            self.store.update_assignment(doc, change.set, envelopes, live, change.unset,
+                                         stored)))
 
-    def _task_step(self, step: Callable[[list[dict[str, Any]]], dict[str, Any] | None],
-                   task_id: str, evts: Iterable[DomainEvent]) -> dict[str, Any] | None:
-        envelopes = self.wrap(evts, self.now)
-        after = step(envelopes)
-        if after is not None:
-            self.publish(TASKS, task_id, envelopes)
-        return after
+    def flip(self, task: Mapping[str, Any], to: str) -> dict[str, Any] | None:
+        """filled, reopened or in progress, once, whichever worker gets there first."""
+        change = domain.flip(task, to)
+        return self.commit(TASKS, task["_id"], change.events, lambda envelopes: (
+            self.store.flip_status(task["_id"], to, domain.FLIPS_FROM[to], envelopes)))
 
     # -- claim ------------------------------------------------------------------------
     def sign_up(self, task_id: str, volunteer_id: str, vetting_gaps: Iterable[str],
@@ -88,6 +81,29 @@ class SlotKeeper:
             return None
         return self._record_holder(taken, volunteer_id, None,
                                    lambda: domain.is_org_member(caller, taken["organisation_id"]))
+
+    def take(self, caller: Caller, task_id: str, volunteer_id: str) -> dict[str, Any]:
+        """`accept` as the caller asks it: the volunteer takes a slot (an offer, or a
+        sign-up while slots are free), or a coordinator of the task's organisation accepts
+        an application. Authorisation and eligibility are decided here, once."""
+        volunteer = self.store.snapshot(VOLUNTEERS, volunteer_id)
+        existing = None
+        oneself = caller.is_admin or caller.user_id == volunteer_id
+        if oneself:
+            # a free slot in two writes; anything else is decided on the full read below
+            gaps = domain.vetting_gaps(volunteer)
+            if gaps is not None and (done := self.sign_up(task_id, volunteer_id, gaps,
+                                                          caller)):
+                return done
+        task = self.store.task(task_id, FOR_CLAIM)
+        may_approve = domain.is_org_member(caller, task["organisation_id"])
+        if not oneself:
+            existing = self.store.live_assignment(domain.live_key(task["_id"], volunteer_id))
+            if existing is None or existing["status"] != "applied":
+                domain.require_self(caller, volunteer_id)
+            domain.require_org_member(caller, task["organisation_id"])
+        domain.check_eligible(task, volunteer)
+        return self.accept(task, volunteer_id, existing, may_approve)
 
     def accept(self, task: Mapping[str, Any], volunteer_id: str,
                existing: Mapping[str, Any] | None = None, may_approve: bool = False
@@ -130,11 +146,10 @@ class SlotKeeper:
         if existing is None:
             doc = domain.new_assignment(new_id("asg"), task, volunteer_id, "accepted",
                                         self.now, **self._accepted_fields(task))
-            envelopes = self.wrap([domain.assignment_event(events.ASSIGNMENT_ACCEPTED, doc)],
-                                  self.now)
-            stored = self.store.insert_assignment_if_none(doc, envelopes)
+            stored = self.commit(ASSIGNMENTS, doc["_id"], [domain.created(doc)],
+                                 lambda envelopes: self.store.insert_assignment_if_none(
+                                     doc, envelopes))
             if stored is not None:
-                self.publish(ASSIGNMENTS, doc["_id"], envelopes)
                 self.settle(task)
                 return doc
             existing = self.store.live_assignment(domain.live_key(task["_id"], volunteer_id))
@@ -162,22 +177,20 @@ class SlotKeeper:
 
     def _confirm(self, assignment: Mapping[str, Any], task: Mapping[str, Any]
                  ) -> dict[str, Any]:
-        set_ = {**self._accepted_fields(task), "status": "accepted", "history": [
-            *assignment.get("history", []), {"status": "accepted", "at": self.now}][-50:]}
-        evts = [domain.assignment_event(events.ASSIGNMENT_ACCEPTED, assignment)]
-        after = self.write_assignment(assignment, set_, evts, unset=("offer_kind",))
+        change = domain.assignment_change(assignment, "accepted", self.now,
+                                          unset=("offer_kind",), **self._accepted_fields(task))
+        after = self.write_assignment(assignment, change)
         if after is None:
             raise Conflict("The assignment changed meanwhile; try again.", {})
         return after
 
     # -- release ------------------------------------------------------------------------
-    def release(self, assignment: Mapping[str, Any], to: str, event_type: str,
-                reason: str | None = None) -> dict[str, Any] | None:
+    def release(self, assignment: Mapping[str, Any], to: str, reason: str | None = None
+                ) -> dict[str, Any] | None:
         """Move an assignment out of its live state; give back its slot if it held one."""
-        set_ = domain.move(assignment, to, self.now, reason=reason)
-        event = domain.assignment_event(event_type, assignment, reason=reason)
-        after = self.write_assignment(assignment, set_, [event], live=False,
-                                       unset=("due_at",))
+        change = domain.assignment_change(assignment, to, self.now, unset=("due_at",),
+                                          event={"reason": reason}, reason=reason)
+        after = self.write_assignment(assignment, change, live=False)
         if after is None:
             return None  # another worker (or replica's timer) moved it first
         if assignment["status"] == "waitlisted":
@@ -214,22 +227,18 @@ class SlotKeeper:
 
     def offer_reserved(self, waiting: Mapping[str, Any], task: Mapping[str, Any]) -> bool:
         expires = self.policy.offer_expiry(task, self.now)
-        set_ = domain.move(waiting, "offered", self.now, offer_kind="reserved", due_at=expires,
-                           offer_expires_at=expires)
-        return self.write_assignment(waiting, set_, [domain.assignment_event(
-            events.ASSIGNMENT_OFFERED, waiting, source="waitlist",
-            offer_expires_at=expires.isoformat())]) is not None
+        change = domain.assignment_change(
+            waiting, "offered", self.now,
+            event={"source": "waitlist", "offer_expires_at": expires.isoformat()},
+            offer_kind="reserved", due_at=expires, offer_expires_at=expires)
+        return self.write_assignment(waiting, change) is not None
 
     def settle(self, task: Mapping[str, Any]) -> None:
         """Flip open/filled to match the free count; each flip happens once."""
         if task["status"] == "open" and task["free"] == 0:
-            self._task_step(lambda env: self.store.set_status_if(
-                task["_id"], {"status": "open", "free": 0}, "filled", env),
-                task["_id"], [domain.fill_event(task)])
+            self.flip(task, "filled")
         elif task["status"] == "filled" and task["free"] > 0:
-            self._task_step(lambda env: self.store.set_status_if(
-                task["_id"], {"status": "filled", "free": {"$gt": 0}}, "open", env),
-                task["_id"], [domain.reopen_event(task)])
+            self.flip(task, "open")
 
     # -- waitlist -----------------------------------------------------------------------
     def join_waitlist(self, task: Mapping[str, Any], volunteer_id: str) -> dict[str, Any]:
@@ -240,12 +249,13 @@ class SlotKeeper:
         self.store.insert_assignment(doc, [])  # the live key: one place in line each
         if self.store.join_waitlist(task["_id"], volunteer_id, ("open", "filled",
                                                                  "in_progress")) is None:
-            self.store.update_assignment(doc, {"status": "withdrawn"}, [], live=False)
+            # never announced: it leaves without an event
+            self.write_assignment(doc, Change(set=domain.move(doc, "withdrawn", self.now)),
+                                  live=False)
             raise Conflict("Cannot join this waitlist.", {"task_id": [
                 "The task is not open, or you already hold or wait for a slot."]})
         # announced only once the place in line is really taken
-        self.write_assignment(doc, {}, [domain.assignment_event(
-            events.ASSIGNMENT_WAITLISTED, doc)])
+        self.write_assignment(doc, Change(events=[domain.created(doc)]))
         # a slot may have freed between reading the task and joining
         self.promote_waitlist(self.store.task(task["_id"]))
         return self.store.assignment(doc["_id"])
@@ -255,12 +265,10 @@ class SlotKeeper:
         """An offer past its expiry, or an accepted volunteer who never started."""
         status = assignment["status"]
         if status == "offered":
-            done = self.release(assignment, "expired", events.ASSIGNMENT_EXPIRED,
-                                "offer expired")
+            done = self.release(assignment, "expired", "offer expired")
             return "expired" if done else None
         if status == "accepted":
-            done = self.release(assignment, "no_show", events.ASSIGNMENT_NO_SHOW,
-                                "did not start in time")
+            done = self.release(assignment, "no_show", "did not start in time")
             return "no_show" if done else None
         return None
 

@@ -14,7 +14,7 @@ from typing import Any
 from pymongo import ReturnDocument, UpdateOne
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
-from services.common.errors import Conflict, NotFound
+from services.common.errors import Conflict, NotFound, stale_version
 from services.common.storage import (
     HIDDEN,
     BaseStore,
@@ -95,8 +95,9 @@ class TasksStore(BaseStore):
     )
 
     # -- tasks ------------------------------------------------------------------------
-    def insert_task(self, doc: dict[str, Any]) -> None:
+    def insert_task(self, doc: dict[str, Any]) -> dict[str, Any]:
         self.db[TASKS].insert_one(stored_task(doc))
+        return doc
 
     def task(self, task_id: str, projection: Mapping[str, int] = HIDDEN) -> dict[str, Any]:
         doc = self.db[TASKS].find_one({"_id": task_id}, projection)
@@ -105,16 +106,16 @@ class TasksStore(BaseStore):
         return doc
 
     def update_task(self, task: Mapping[str, Any], version: int, set_: Mapping[str, Any],
-                    envelopes: Iterable[Mapping[str, Any]]) -> dict[str, Any] | None:
+                    envelopes: Iterable[Mapping[str, Any]], unset: Iterable[str] = ()
+                    ) -> dict[str, Any] | None:
         """An edit of the task as read; None if a claim moved its slots meanwhile (decide
         again on a fresh read), Conflict if someone edited it since `version`."""
-        after = self.compare_and_replace(TASKS, task["_id"], version, set_, envelopes,
+        after = self.compare_and_replace(TASKS, task["_id"], version, set_, envelopes, unset,
                                          match={"slots_rev": task.get("slots_rev", 0)})
         if after is None:
             current = self.task(task["_id"])
             if current["version"] != version:
-                raise Conflict(f"The task changed since version {version}.",
-                               {"version": [f"Current version is {current['version']}."]})
+                raise stale_version("task", version, current["version"])
         return after
 
     def _slots(self, query: dict[str, Any], update: dict[str, Any],
@@ -181,10 +182,17 @@ class TasksStore(BaseStore):
         self._slots({"_id": task_id, "waitlist": {"$in": [volunteer_id]}},
                     {"$pull": {"waitlist": volunteer_id}}, [])
 
-    def set_status_if(self, task_id: str, expect: Mapping[str, Any], status: str,
-                      envelopes: Iterable[Mapping[str, Any]]) -> dict[str, Any] | None:
-        """filled/reopened: a status flip that only one replica can win."""
-        return self._slots({"_id": task_id, **expect}, {"$set": {"status": status}}, envelopes)
+    def flip_status(self, task_id: str, to: str, from_statuses: Iterable[str],
+                    envelopes: Iterable[Mapping[str, Any]]) -> dict[str, Any] | None:
+        """filled, reopened, in progress: a status flip that only one replica can win,
+        while the task is in one of `from_statuses` (and, for filled/open, while its free
+        count still says so)."""
+        query: dict[str, Any] = {"_id": task_id, "status": {"$in": list(from_statuses)}}
+        if to == "filled":
+            query["free"] = 0
+        elif to == "open":
+            query["free"] = {"$gt": 0}
+        return self._slots(query, {"$set": {"status": to}}, envelopes)
 
     def tasks_to_expire(self, now: datetime, limit: int) -> list[dict[str, Any]]:
         # ended tasks have ends_at_ms null, so the range holds live tasks only
@@ -210,14 +218,45 @@ class TasksStore(BaseStore):
         self.db[TASKS].update_one({"_id": task_id, "claims_audit_ms": audited_ms},
                                   {"$set": {"claims_audit_ms": 0}})
 
-    def search_tasks(self, query: dict[str, Any], cursor: str | None, limit: int
+    def search_tasks(self, search: Mapping[str, Any], organisation_ids: list[str] | None,
+                     keep: Callable[[Mapping[str, Any]], bool]
                      ) -> tuple[list[dict[str, Any]], str | None]:
-        """A page of tasks in id order; `query` leads with an indexed equality (status or
-        organisation) so the page is one range of a (field, sort_id) index."""
-        if cursor:
-            query = {**query, "sort_id": {"$gt": cursor}}
-        docs = list(self.db[TASKS].find(query, LISTED).sort("sort_id", 1).limit(limit + 1))
-        return docs[:limit], (docs[limit - 1]["_id"] if len(docs) > limit else None)
+        """A page of tasks answering `search` (search_tasks' loaded filters), within
+        `organisation_ids` when given. A search by skill or language reads the search
+        index; any other leads with an indexed equality (status or organisation), so the
+        page is one range of a (field, sort_id) index."""
+        cursor, limit = search["cursor"], search["limit"]
+        if search["status"] != "draft" and (search["skill_id"] or search["language"]):
+            key = index_key(search["status"], search["skill_id"], search["language"])
+            return self.search_indexed(key, keep, cursor, limit)
+        return self._task_page(self.search_filter(search, organisation_ids), cursor, limit)
+
+    @staticmethod
+    def search_filter(search: Mapping[str, Any], organisation_ids: list[str] | None = None
+                      ) -> dict[str, Any]:
+        """The filter of a search answered from the tasks collection itself."""
+        query: dict[str, Any] = {"status": search["status"]}
+        if search["skill_id"]:
+            query["skill_ids"] = {"$in": [search["skill_id"]]}
+        if search["language"]:
+            query["language_codes"] = {"$in": [search["language"]]}
+        for name in ("urgency", "mode", "organisation_id"):
+            if search[name]:
+                query[name] = search[name]
+        window = {}
+        if search["starts_after"]:
+            window["$gte"] = search["starts_after"]
+        if search["starts_before"]:
+            window["$lt"] = search["starts_before"]
+        if window:
+            query["starts_at"] = window
+        if organisation_ids is not None:
+            query["organisation_id"] = {"$in": organisation_ids}
+        return query
+
+    def _task_page(self, query: dict[str, Any], cursor: str | None, limit: int
+                   ) -> tuple[list[dict[str, Any]], str | None]:
+        return self.page(TASKS, query, LISTED, cursor, limit, key="sort_id")
 
     def search_indexed(self, key: str, keep: Callable[[Mapping[str, Any]], bool],
                        cursor: str | None, limit: int
@@ -324,17 +363,6 @@ class TasksStore(BaseStore):
         return list(self.db[ASSIGNMENTS].find(query, HIDDEN).sort("_id", 1).limit(1000))
 
     # -- read models from registry events ----------------------------------------------------
-    def upsert_snapshot(self, collection: str, doc_id: str, version: int,
-                        fields: Mapping[str, Any]) -> bool:
-        """Keep the newest snapshot: older or replayed versions change nothing."""
-        try:
-            result = self.db[collection].update_one(
-                {"_id": doc_id, "version": {"$lt": version}},
-                {"$set": {**fields, "version": version}}, upsert=True)
-        except DuplicateKeyError:
-            return False  # a newer version is stored: the upsert's insert collided
-        return result.modified_count == 1 or result.upserted_id is not None
-
     def snapshot(self, collection: str, doc_id: str) -> dict[str, Any] | None:
         return self.db[collection].find_one({"_id": doc_id})
 
@@ -347,7 +375,9 @@ class TasksStore(BaseStore):
                                         {"_id": volunteer_id, "status": "erased",
                                          "version": 1 << 62}, upsert=True)
         for assignment in self.db[ASSIGNMENTS].find({"volunteer_id": volunteer_id}):
-            hours = [{**entry, "note": None} for entry in assignment.get("hours", [])]
+            # the volunteer's notes and the coordinator's reasons are free text about them
+            hours = [{**entry, "note": None, "reason": None}
+                     for entry in assignment.get("hours", [])]
             if self.compare_and_replace(ASSIGNMENTS, assignment["_id"], assignment["version"],
                                         {"hours": hours}, [],
                                         unset=("note", "feedback.volunteer.comment",
@@ -392,8 +422,9 @@ class TasksStore(BaseStore):
         return n // STATUS_LIST_SIZE + 1, n % STATUS_LIST_SIZE
 
     def insert_credential(self, doc: dict[str, Any],
-                          envelopes: Iterable[Mapping[str, Any]]) -> None:
+                          envelopes: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
         self.db[CREDENTIALS].insert_one(new_with_outbox(doc, envelopes))
+        return doc
 
     def credential(self, credential_id: str) -> dict[str, Any]:
         doc = self.db[CREDENTIALS].find_one({"_id": credential_id}, HIDDEN)

@@ -204,15 +204,26 @@ def test_event_claims_are_exclusive_and_expire(db: Database) -> None:
     store = BaseStore(db)
     store.ensure_indexes()
     lease, keep = timedelta(seconds=30), timedelta(days=7)
-    assert store.claim_event("h:evt_1", NOW, lease, keep) == "claimed"
-    assert store.claim_event("h:evt_1", NOW, lease, keep) == "busy"
-    assert store.claim_event("h:evt_1", NOW + timedelta(minutes=1), lease, keep) == "claimed"
+    assert store.claim_event("h:evt_1", NOW, lease, keep) == ("claimed", 0)
+    assert store.claim_event("h:evt_1", NOW, lease, keep) == ("busy", 0)
+    later = NOW + timedelta(minutes=1)  # the first worker died: its lease ran out
+    assert store.claim_event("h:evt_1", later, lease, keep) == ("claimed", 0)
     store.finish_event("h:evt_1", NOW, keep)
-    assert store.claim_event("h:evt_1", NOW, lease, keep) == "done"
+    assert store.claim_event("h:evt_1", NOW, lease, keep) == ("done", 0)
     # an expired record is as good as absent even where TTL deletion is lazy
-    assert store.claim_event("h:evt_1", NOW + timedelta(days=8), lease, keep) == "claimed"
-    store.release_event("h:evt_1")
-    assert store.claim_event("h:evt_1", NOW, lease, keep) == "claimed"
+    assert store.claim_event("h:evt_1", NOW + timedelta(days=8), lease, keep) == ("claimed", 0)
+
+
+def test_failed_attempts_add_up_and_the_event_is_claimed_again(db: Database) -> None:
+    store = BaseStore(db)
+    store.ensure_indexes()
+    lease, keep = timedelta(seconds=30), timedelta(days=7)
+    state, attempts = store.claim_event("h:evt_2", NOW, lease, keep)
+    for expected in (1, 2, 3):
+        assert store.fail_event("h:evt_2", attempts, NOW, keep) == expected
+        state, attempts = store.claim_event("h:evt_2", NOW, lease, keep)
+        assert (state, attempts) == ("claimed", expected)
+    assert store.claim_event("h:evt_2", NOW, lease, keep) == ("busy", 0)
 
 
 def test_dotted_set_and_unset_inside_subdocuments(db: Database) -> None:

@@ -12,6 +12,7 @@ from typing import Any
 
 import eventlet
 import pytest
+from marshmallow import Schema, fields
 from nameko.exceptions import RemoteError
 from nameko.standalone.events import event_dispatcher
 
@@ -26,7 +27,7 @@ from services.common.storage import BaseStore, Store, new_with_outbox
 from services.registry import cli
 from services.registry.store import VOLUNTEERS
 from tests.factories import volunteer
-from tests.support import wait_for
+from tests.support import DeadLetters, metric_values, wait_for
 
 TYPE = "sanad.volunteer.registered.v1"
 
@@ -75,46 +76,60 @@ class CountingStore(BaseStore):
         self.db.handled.update_one({"_id": event["id"]}, {"$inc": {"n": 1}}, upsert=True)
 
 
+class ThingNoted(Schema):
+    """The contract of the test's event type."""
+
+    thing_id = fields.String(required=True)
+    bug = fields.Boolean(load_default=False)
+
+
 class Downstream:
     name = "downstream"
     store = Store(CountingStore)
     from services.common.metrics import Metrics
     metrics = Metrics()
 
-    @consumes("registry", TYPE)
-    def on_registered(self, event: dict[str, Any]) -> None:
-        if event["data"].get("poison"):
-            raise Conflict("cannot apply this event", {})
+    @consumes("upstream", "sanad.thing.noted.v1", schema=ThingNoted())
+    def on_noted(self, event: dict[str, Any]) -> None:
+        if event["data"]["bug"]:
+            raise KeyError("a bug in the handler")  # not the event's fault
         self.store.count(event)
 
 
-def test_consumer_is_idempotent_and_survives_bad_events(container_factory: Any,
-                                                        config: dict[str, Any],
-                                                        db: Any) -> None:
-    container = container_factory(Downstream, config)
+def test_consumer_is_idempotent_rejects_malformed_events_and_dead_letters_its_failures(
+        container_factory: Any, config: dict[str, Any], db: Any) -> None:
+    noted = "sanad.thing.noted.v1"
+    container = container_factory(Downstream, {**config, "EVENT_MAX_ATTEMPTS": 3,
+                                               "EVENT_RETRY_SECONDS": 0.05})
     container.start()
+    dlq = DeadLetters(config["AMQP_URI"], "downstream")
     dispatch = event_dispatcher(config)
-    good = make_envelope(DomainEvent(TYPE, "vol_1", {}), source="/sanad/registry",
-                         now=datetime.now(UTC))
-    poison = make_envelope(DomainEvent(TYPE, "vol_2", {"poison": True}),
-                           source="/sanad/registry", now=datetime.now(UTC))
-    injected = make_envelope(DomainEvent(TYPE, "vol_3", {"volunteer_id": {"$ne": None}}),
-                             source="/sanad/registry", now=datetime.now(UTC))
-    for message in (good, good, {"not": "an envelope"}, poison, good, injected):
-        dispatch("registry", TYPE, message)
+
+    def event(data: dict[str, Any]) -> dict[str, Any]:
+        return make_envelope(DomainEvent(noted, "thing_1", data), source="/sanad/upstream",
+                             now=datetime.now(UTC))
+
+    good, buggy = event({"thing_id": "t1"}), event({"thing_id": "t2", "bug": True})
+    off_contract = event({"thing": "t3"})
+    injected = event({"thing_id": {"$ne": None}})
+    for message in (good, good, {"not": "an envelope"}, buggy, good, off_contract, injected):
+        dispatch("upstream", noted, message)
     port = metrics_of(container).port
 
     def consumed() -> dict[str, float]:
-        _, text = http_get(port, "/metrics")
-        found = {}
-        for line in text.splitlines():
-            if line.startswith("sanad_events_consumed_total{"):
-                outcome = line.split('outcome="')[1].split('"')[0]
-                found[outcome] = found.get(outcome, 0) + float(line.rsplit(" ", 1)[1])
-        return found if sum(found.values()) >= 6 else {}
+        found = metric_values(port, "sanad_events_consumed_total", "outcome")
+        found.pop("busy", None)  # two workers given the same event at once: one waits
+        return found if sum(found.values()) >= 9 else {}
 
-    assert wait_for(consumed) == {"processed": 1, "duplicate": 2, "rejected": 3}
+    # the buggy event was tried three times (outcome error), then dead-lettered
+    assert wait_for(consumed) == {"processed": 1, "duplicate": 2, "rejected": 3, "error": 3}
     assert list(db("downstream").handled.find()) == [{"_id": good["id"], "n": 1}]
+    dead = dlq.wait(4)
+    assert sorted(m.get("id", "no id") for m in dead) == sorted(
+        [buggy["id"], off_contract["id"], injected["id"], "no id"])
+    assert metric_values(port, "sanad_events_dead_lettered_total", "reason") == {
+        "malformed": 3, "handler_failed": 1}
+    dlq.close()
 
 
 class ThingStore(BaseStore):
@@ -130,10 +145,9 @@ class Writer(ServiceBase):
 
     @rpc_entrypoint
     def write_then_refuse(self, thing_id: str) -> None:
-        envelopes = self.outbox.wrap(
-            [DomainEvent("sanad.thing.written.v1", thing_id, {})], self.now())
-        self.store.db.things.insert_one(new_with_outbox({"_id": thing_id}, envelopes))
-        self.outbox.publish("things", thing_id, envelopes)
+        self.outbox.commit("things", thing_id, [DomainEvent("sanad.thing.written.v1", thing_id)],
+                           lambda envelopes: self.store.db.things.insert_one(
+                               new_with_outbox({"_id": thing_id}, envelopes)))
         raise Conflict("Refused after the write.", {})
 
 

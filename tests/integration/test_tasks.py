@@ -200,8 +200,12 @@ def test_an_ended_task_ends_its_assignments_even_after_a_crash_half_way(
     other = world.task(slots=1)
     vol = world.volunteer(3)
     stuck = world.as_volunteer(vol).accept(other["id"], vol)
+    from services.tasks.domain import task_snapshot
+
     db("tasks").tasks.update_one({"_id": other["id"]}, {"$set": {"status": "cancelled"}})
-    event = DomainEvent("sanad.task.cancelled.v1", other["id"], {"task_id": other["id"]})
+    cancelled = db("tasks").tasks.find_one({"_id": other["id"]})
+    event = DomainEvent("sanad.task.cancelled.v1", other["id"],
+                        {"task": task_snapshot(cancelled), "reason": "test"})
     event_dispatcher(config)("tasks", event.type, make_envelope(
         event, source="/sanad/tasks", now=datetime.now(UTC)))
     wait_for(lambda: world.system.list_assignments(task_id=other["id"])[0]["status"]
@@ -671,9 +675,6 @@ def jwt_kid(token: str) -> str:
 def test_accept_racing_an_expired_offer_gives_the_slot_back(world: World, db: Any) -> None:
     """The offer expires between accept's read and its claim: no slot kept, nothing
     announced (the service's own steps, driven in the losing order)."""
-    from services.common.envelope import make_envelope
-    from services.tasks import domain as tasks_domain
-    from services.tasks.slots import SlotKeeper
     from services.tasks.store import TasksStore
 
     task = world.task(slots=1)
@@ -681,10 +682,7 @@ def test_accept_racing_an_expired_offer_gives_the_slot_back(world: World, db: An
     offer = world.coordinator.offer(task["id"], {"volunteer_id": vol})
     store = TasksStore(db("tasks"))
     stale = store.assignment(offer["id"])  # what accept read
-    keeper = SlotKeeper(
-        store, lambda evts, now: [make_envelope(e, source="/sanad/tasks", now=now)
-                                  for e in evts],
-        lambda collection, doc_id, envelopes: 0, tasks_domain.Policy(), datetime.now(UTC))
+    keeper = slot_keeper(store, datetime.now(UTC))
     keeper.expire_due(stale)  # the timer wins the race
     with pytest.raises(Conflict):
         keeper.accept(store.task(task["id"]), vol, stale)
@@ -697,13 +695,11 @@ def test_accept_racing_an_expired_offer_gives_the_slot_back(world: World, db: An
 
 def slot_keeper(store: Any, now: datetime) -> Any:
     """The service's slot steps, driven by a test; events stay in the outbox."""
-    from services.common.envelope import make_envelope
+    from services.common.outbox import commit_unpublished
     from services.tasks import domain as tasks_domain
     from services.tasks.slots import SlotKeeper
 
-    return SlotKeeper(store, lambda evts, at: [
-        make_envelope(e, source="/sanad/tasks", now=at) for e in evts],
-        lambda collection, doc_id, envelopes: None, tasks_domain.Policy(), now)
+    return SlotKeeper(store, commit_unpublished("tasks"), tasks_domain.Policy(), now)
 
 
 def test_a_crash_between_a_claims_two_writes_leaves_no_slot_lost(world: World,

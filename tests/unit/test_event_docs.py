@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from services.registry import events as registry_events
-from services.tasks import events as tasks_events
+from services.contracts import registry as registry_events
+from services.contracts import tasks as tasks_events
 
 DOC = yaml.safe_load((Path(__file__).parents[2] / "docs" / "asyncapi.yaml").read_text())
 

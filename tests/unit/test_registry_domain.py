@@ -9,7 +9,8 @@ import pytest
 from services.common.caller import Caller
 from services.common.errors import Conflict, Forbidden
 from services.common.schemas import load
-from services.registry import domain, events
+from services.contracts import registry as events
+from services.registry import domain
 from services.registry.schemas import RegisterVolunteerSchema
 from services.registry.taxonomy import default_taxonomy
 

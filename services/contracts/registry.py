@@ -7,7 +7,9 @@ ignore replays and reordering. No event carries a name, email or phone number.
 """
 from __future__ import annotations
 
-from marshmallow import EXCLUDE, Schema, fields
+from marshmallow import Schema, fields
+
+from services.contracts.base import ID, VERSION, Data
 
 SOURCE_SERVICE = "registry"
 
@@ -26,22 +28,17 @@ BENEFICIARY_ERASED = "sanad.beneficiary.erased.v1"
 PRIVATE_FIELDS = frozenset({"name", "email", "email_norm", "phone"})
 
 
-class _Data(Schema):
-    class Meta:
-        unknown = EXCLUDE  # consumers tolerate fields added later
-
-
-class SkillRef(_Data):
+class SkillRef(Data):
     skill_id = fields.String(allow_none=True, required=True)
     label = fields.String(required=True)
     key = fields.String(required=True)
     level = fields.String()
 
 
-class VolunteerSnapshot(_Data):
-    volunteer_id = fields.String(required=True)
+class VolunteerSnapshot(Data):
+    volunteer_id = fields.String(required=True, validate=ID)
     status = fields.String(required=True)
-    version = fields.Integer(required=True)
+    version = fields.Integer(required=True, validate=VERSION)
     preferred_language = fields.String(allow_none=True)
     languages = fields.List(fields.Dict(), required=True)
     skills = fields.List(fields.Nested(SkillRef), required=True)
@@ -54,35 +51,35 @@ class VolunteerSnapshot(_Data):
     taxonomy_version = fields.String(allow_none=True)
 
 
-class VolunteerChanged(_Data):
+class VolunteerChanged(Data):
     """registered, updated, paused, resumed."""
 
     volunteer = fields.Nested(VolunteerSnapshot, required=True)
     changed = fields.List(fields.String())
 
 
-class VolunteerErased(_Data):
-    volunteer_id = fields.String(required=True)
+class VolunteerErased(Data):
+    volunteer_id = fields.String(required=True, validate=ID)
     erased_at = fields.String(required=True)
 
 
-class OrganisationSnapshot(_Data):
-    organisation_id = fields.String(required=True)
+class OrganisationSnapshot(Data):
+    organisation_id = fields.String(required=True, validate=ID)
     name = fields.String(required=True)
     kind = fields.String(required=True)
     country = fields.String(required=True)
     status = fields.String(required=True)
-    version = fields.Integer(required=True)
+    version = fields.Integer(required=True, validate=VERSION)
 
 
-class OrganisationChanged(_Data):
+class OrganisationChanged(Data):
     organisation = fields.Nested(OrganisationSnapshot, required=True)
     reason = fields.String(allow_none=True)
 
 
-class BeneficiaryRegistered(_Data):
-    beneficiary_id = fields.String(required=True)
-    organisation_id = fields.String(required=True)
+class BeneficiaryRegistered(Data):
+    beneficiary_id = fields.String(required=True, validate=ID)
+    organisation_id = fields.String(required=True, validate=ID)
     preferred_language = fields.String()
     country = fields.String()
     region = fields.String(allow_none=True)
@@ -90,9 +87,9 @@ class BeneficiaryRegistered(_Data):
     contact_channel = fields.String()
 
 
-class BeneficiaryErased(_Data):
-    beneficiary_id = fields.String(required=True)
-    organisation_id = fields.String(required=True)
+class BeneficiaryErased(Data):
+    beneficiary_id = fields.String(required=True, validate=ID)
+    organisation_id = fields.String(required=True, validate=ID)
     erased_at = fields.String(required=True)
 
 

@@ -5,7 +5,9 @@ what changed. No personal data: volunteers appear by id only.
 """
 from __future__ import annotations
 
-from marshmallow import EXCLUDE, Schema, fields
+from marshmallow import Schema, fields, validate
+
+from services.contracts.base import ID, VERSION, Data
 
 SOURCE_SERVICE = "tasks"
 
@@ -35,14 +37,9 @@ CREDENTIAL_ISSUED = "sanad.credential.issued.v1"
 CREDENTIAL_REVOKED = "sanad.credential.revoked.v1"
 
 
-class _Data(Schema):
-    class Meta:
-        unknown = EXCLUDE  # consumers tolerate fields added later
-
-
-class TaskSnapshot(_Data):
-    task_id = fields.String(required=True)
-    organisation_id = fields.String(required=True)
+class TaskSnapshot(Data):
+    task_id = fields.String(required=True, validate=ID)
+    organisation_id = fields.String(required=True, validate=ID)
     title = fields.String(required=True)
     category = fields.String(required=True)
     urgency = fields.String(required=True)
@@ -54,13 +51,13 @@ class TaskSnapshot(_Data):
     slots = fields.Integer(required=True)
     free = fields.Integer(required=True)
     status = fields.String(required=True)
-    version = fields.Integer(required=True)
+    version = fields.Integer(required=True, validate=VERSION)
     sessions = fields.List(fields.Dict(), required=True)
     starts_at = fields.String(allow_none=True)
     ends_at = fields.String(required=True)
 
 
-class TaskChanged(_Data):
+class TaskChanged(Data):
     """published, updated, cancelled, completed, expired."""
 
     task = fields.Nested(TaskSnapshot, required=True)
@@ -68,19 +65,19 @@ class TaskChanged(_Data):
     reason = fields.String(allow_none=True)
 
 
-class TaskSlots(_Data):
+class TaskSlots(Data):
     """filled, reopened, started (in progress)."""
 
-    task_id = fields.String(required=True)
+    task_id = fields.String(required=True, validate=ID)
     slots = fields.Integer()
     free = fields.Integer()
 
 
-class AssignmentChanged(_Data):
-    assignment_id = fields.String(required=True)
-    task_id = fields.String(required=True)
-    volunteer_id = fields.String(required=True)
-    organisation_id = fields.String(required=True)
+class AssignmentChanged(Data):
+    assignment_id = fields.String(required=True, validate=ID)
+    task_id = fields.String(required=True, validate=ID)
+    volunteer_id = fields.String(required=True, validate=ID)
+    organisation_id = fields.String(required=True, validate=ID)
     offer_expires_at = fields.String(allow_none=True)
     source = fields.String()
     reason = fields.String(allow_none=True)
@@ -89,22 +86,22 @@ class AssignmentChanged(_Data):
 class HoursChanged(AssignmentChanged):
     entry_id = fields.String(required=True)
     session_id = fields.String(allow_none=True)
-    hours = fields.Float()
+    hours = fields.Float(validate=validate.Range(min=0, max=24))
     skills_practised = fields.List(fields.String())
     credit_id = fields.String()
 
 
 class FeedbackLeft(AssignmentChanged):
-    by = fields.String(required=True)
-    rating = fields.Integer(required=True)
+    by = fields.String(required=True, validate=validate.OneOf(("volunteer", "organisation")))
+    rating = fields.Integer(required=True, validate=validate.Range(min=1, max=5))
 
 
-class CredentialChanged(_Data):
+class CredentialChanged(Data):
     credential_id = fields.String(required=True)
-    assignment_id = fields.String(required=True)
-    task_id = fields.String(required=True)
-    volunteer_id = fields.String(required=True)
-    organisation_id = fields.String(required=True)
+    assignment_id = fields.String(required=True, validate=ID)
+    task_id = fields.String(required=True, validate=ID)
+    volunteer_id = fields.String(required=True, validate=ID)
+    organisation_id = fields.String(required=True, validate=ID)
     hours = fields.Float()
     reason = fields.String(allow_none=True)
 
