@@ -65,13 +65,16 @@ def db(config: dict[str, Any]) -> Callable[[str], Any]:
 
 @pytest.fixture
 def rpc(config: dict[str, Any]) -> Iterator[Callable[..., Any]]:
-    """`rpc("registry", roles=..., user_id=...)`: a proxy acting as that caller."""
+    """`rpc("registry", roles=..., user_id=...)`: a proxy acting as that caller (every
+    call it makes carries `idempotency_key` when given)."""
     proxies: list[ServiceRpcProxy] = []
 
     def make(service: str, roles: tuple[str, ...] = SYSTEM, user_id: str | None = None,
-             org_ids: tuple[str, ...] = ()) -> Any:
-        proxy = ServiceRpcProxy(service, config, timeout=30,
-                                context_data=caller_context(user_id, roles, org_ids))
+             org_ids: tuple[str, ...] = (), idempotency_key: str | None = None) -> Any:
+        context = caller_context(user_id, roles, org_ids)
+        if idempotency_key is not None:
+            context["idempotency_key"] = idempotency_key
+        proxy = ServiceRpcProxy(service, config, timeout=30, context_data=context)
         proxies.append(proxy)
         return proxy.start()
 

@@ -18,6 +18,7 @@ import eventlet
 import eventlet.event
 from nameko.events import EventDispatcher
 
+from services.common import requests
 from services.common.envelope import (
     CLOUDEVENTS_SERIALIZER,
     DomainEvent,
@@ -142,7 +143,11 @@ class OutboxHandle:
         """
         envelopes = [make_envelope(event, source=self._provider.source, now=_now())
                      for event in events]
-        written = write(envelopes)
+        try:
+            written = write(envelopes)
+        except requests.Replayed as replay:
+            return replay.doc  # a redelivered request: its first delivery wrote this
+        failpoint("outbox.after_commit")
         if written is not None and envelopes:
             self._queued.append((collection, doc_id, envelopes))
         return written

@@ -183,6 +183,8 @@ class Page(StrictSchema):
 
 
 _PLAIN = frozenset({str, int, float, bool, type(None)})
+# what storage keeps for idempotent requests (services/common/requests.py): never replied
+_BOOKKEEPING = frozenset({"request_key", "request_keys"})
 
 
 def to_wire(value: Any) -> Any:
@@ -196,7 +198,8 @@ def to_wire(value: Any) -> Any:
     if kind in _PLAIN:
         return value
     if kind is dict or isinstance(value, Mapping):
-        return {("id" if key == "_id" else key): to_wire(item) for key, item in value.items()}
+        return {("id" if key == "_id" else key): to_wire(item) for key, item in value.items()
+                if key not in _BOOKKEEPING}
     if kind is list or isinstance(value, tuple):
         return [to_wire(item) for item in value]
     if isinstance(value, datetime):

@@ -17,13 +17,16 @@ from nameko.constants import (
 from nameko.exceptions import UnserializableValueError, serialize
 from nameko.rpc import Responder, Rpc, RpcConsumer, get_rpc_exchange
 
+from services.common import requests
 from services.common.caller import CallerProvider
 from services.common.errors import EXPECTED_ERRORS
 from services.common.logs import CallIdLogging
 from services.common.metrics import Metrics
+from services.common.requests import RequestKeys
 
 
 class ServiceBase:
+    request_keys = RequestKeys()
     metrics = Metrics()
     call_logging = CallIdLogging()
     caller = CallerProvider()
@@ -98,6 +101,13 @@ class SanadRpc(Rpc):
     """
 
     rpc_consumer = ReplyingRpcConsumer()
+
+    def unpack_message_headers(self, message: Any) -> dict[str, Any]:
+        context = super().unpack_message_headers(message)
+        found = requests.key_of_message(message, context)
+        if found is not None:
+            context[requests.CONTEXT_KEY] = found  # RequestKeys takes it off
+        return context
 
 
 def rpc(fn: Callable[..., Any] | None = None, **options: Any) -> Any:

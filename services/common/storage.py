@@ -19,6 +19,8 @@ from pymongo import ASCENDING, MongoClient, ReturnDocument, UpdateOne
 from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError
 
+from services.common import requests
+
 # Fields the outbox keeps inside a changed document; never returned to callers.
 OUTBOX_FIELDS = ("outbox", "outbox_n", "outbox_lease")
 HIDDEN = {name: 0 for name in OUTBOX_FIELDS}
@@ -75,7 +77,10 @@ def new_with_outbox(doc: dict[str, Any], envelopes: Iterable[Mapping[str, Any]])
     pending = {e["id"]: {"n": n, "event": e} for n, e in enumerate(envelopes)}
     # outbox_lease is always present so the relay's query needs no `$or`/`$exists`,
     # which nx-27017 answers with a full scan.
-    return {**doc, "outbox": pending, "outbox_n": len(pending), "outbox_lease": 0}
+    stored = {**doc, "outbox": pending, "outbox_n": len(pending), "outbox_lease": 0}
+    if (key := requests.insert_key()) is not None:
+        stored["request_key"] = key  # a redelivery of the request finds it (requests.py)
+    return stored
 
 
 def apply_changes(doc: Mapping[str, Any], set_: Mapping[str, Any],
@@ -130,6 +135,9 @@ class BaseStore:
         indexes = [*self.INDEXES,
                    Index(PROCESSED, asc("expires_at"), ttl_seconds=0)]
         indexes += [Index(name, asc("outbox_n")) for name in self.OUTBOX_COLLECTIONS]
+        indexes += [Index(name, asc("request_key"), unique=True, sparse=True)
+                    for name in self.OUTBOX_COLLECTIONS]
+        indexes += [Index(name, asc("request_keys")) for name in self.OUTBOX_COLLECTIONS]
         for index in indexes:
             index.create(self.db)
 
@@ -159,21 +167,45 @@ class BaseStore:
         guard = {"_id": doc_id, "version": version, **(match or {})}
         before = stored if stored is not None else self.db[collection].find_one(guard)
         if before is None:
+            self._raise_if_replayed(collection, doc_id)
             return None
         after = apply_changes(before, set_, unset)
         after["version"] = version + 1
+        if requests.current() is not None:
+            after["request_keys"] = requests.remembered(before)
         pending = dict(after.get("outbox") or {})
         for envelope in envelopes:
             pending[envelope["id"]] = {"n": len(pending), "event": envelope}
         after["outbox"], after["outbox_n"] = pending, len(pending)
         # the replacement is the new document: no need to have the store send it back
         if self.db[collection].replace_one(guard, after).matched_count != 1:
+            self._raise_if_replayed(collection, doc_id)
             return None
         # as a read would return it: BSON turns tuples into lists and cuts datetimes to
         # milliseconds, under the client's own codec options (tz-aware)
         options = self.db[collection].codec_options
         return visible(bson.decode(bson.encode(after, codec_options=options),
                                    codec_options=options))
+
+    def insert_new(self, collection: str, stored: dict[str, Any]) -> dict[str, Any]:
+        """Insert a document made by `new_with_outbox`; if this request inserted it
+        before (a redelivery), raise `requests.Replayed` with what it inserted then."""
+        try:
+            self.db[collection].insert_one(stored)
+        except DuplicateKeyError:
+            key = stored.get("request_key")
+            prior = None if key is None else self.db[collection].find_one({"request_key": key})
+            if prior is not None:
+                raise requests.Replayed(visible(prior)) from None
+            raise
+        return stored
+
+    def _raise_if_replayed(self, collection: str, doc_id: str) -> None:
+        """A lost compare-and-set that this request's own earlier delivery won."""
+        if requests.may_replay():
+            doc = self.db[collection].find_one({"_id": doc_id})
+            if requests.replays(doc):
+                raise requests.Replayed(visible(doc))
 
     def replace_keeping_pending(self, collection: str, raw: Mapping[str, Any],
                                 new_doc: dict[str, Any], envelopes: Iterable[Mapping[str, Any]],

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from services.common import requests
 from services.common.caller import COORDINATOR, PLATFORM_ADMIN, Caller
 from services.common.change import Change
 from services.common.consumer import consumes
@@ -47,14 +48,18 @@ class RegistryService(ServiceBase, OutboxRelay):
 
     # -- plumbing shared by the entrypoints -------------------------------------------
     def _insert(self, collection: str, doc: dict[str, Any], events: list[DomainEvent],
-                what: str) -> None:
-        self.outbox.commit(collection, doc["_id"], events, lambda envelopes: self.store.insert(
-            collection, doc, envelopes, what))
+                what: str) -> dict[str, Any]:
+        """Insert a new record with its events; what was stored (a redelivered request:
+        what its first delivery stored)."""
+        return self.outbox.commit(collection, doc["_id"], events, lambda envelopes: (
+            self.store.insert(collection, doc, envelopes, what)))
 
     def _apply(self, collection: str, doc: dict[str, Any], version: int,
                change: Change, what: str) -> dict[str, Any]:
         """Write a domain change of `doc` made at the `version` the caller read."""
         if version != doc["version"]:
+            if requests.replays(doc):
+                return doc  # a redelivered request: its first delivery wrote this
             raise stale_version(what, version, doc["version"])
         if not change.writes:
             return doc
@@ -93,7 +98,7 @@ class RegistryService(ServiceBase, OutboxRelay):
         payload = load(REGISTER, data)
         doc, events = domain.new_volunteer(new_id("vol"), payload, self.caller,
                                            default_taxonomy(), self.now())
-        self._insert(VOLUNTEERS, doc, events, "volunteer")
+        doc = self._insert(VOLUNTEERS, doc, events, "volunteer")
         return to_wire(domain.public_view(doc))
 
     @rpc
@@ -203,7 +208,7 @@ class RegistryService(ServiceBase, OutboxRelay):
             if existing is None:
                 doc, events = domain.new_volunteer(new_id("vol"), payload, self.caller,
                                                    default_taxonomy(), self.now())
-                self._insert(VOLUNTEERS, doc, events, "volunteer")
+                doc = self._insert(VOLUNTEERS, doc, events, "volunteer")
                 return {"row": line, "outcome": "created", "volunteer_id": doc["_id"]}
             if existing.get("source") != "import":
                 # a self-registered volunteer's profile is theirs to change
@@ -254,7 +259,7 @@ class RegistryService(ServiceBase, OutboxRelay):
         payload = load(REGISTER_ORG, data)
         doc, events = domain.new_organisation(new_id("org"), payload, self.caller,
                                               self.now())
-        self._insert(ORGANISATIONS, doc, events, "organisation")
+        doc = self._insert(ORGANISATIONS, doc, events, "organisation")
         return to_wire(domain.public_view(doc))
 
     @rpc
@@ -317,7 +322,7 @@ class RegistryService(ServiceBase, OutboxRelay):
         org = self._organisation(org_id)
         doc, events = domain.new_beneficiary(new_id("ben"), org, payload, self.caller,
                                              self.now())
-        self._insert(BENEFICIARIES, doc, events, "beneficiary")
+        doc = self._insert(BENEFICIARIES, doc, events, "beneficiary")
         return to_wire(doc)
 
     def _beneficiary(self, ben_id: Any) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -51,8 +51,7 @@ class RegistryStore(BaseStore):
     def insert(self, collection: str, doc: dict[str, Any],
                envelopes: Iterable[Mapping[str, Any]], what: str) -> dict[str, Any]:
         try:
-            self.db[collection].insert_one(new_with_outbox(doc, envelopes))
-            return doc
+            return visible(self.insert_new(collection, new_with_outbox(doc, envelopes)))
         except DuplicateKeyError as exc:
             raise Conflict(f"This {what} is already registered.",
                            _duplicate_fields(exc)) from None

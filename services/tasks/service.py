@@ -17,6 +17,7 @@ from nameko.rpc import RpcProxy
 from nameko.web.handlers import http
 from werkzeug.wrappers import Request, Response
 
+from services.common import requests
 from services.common.caller import COORDINATOR, Caller
 from services.common.change import Change
 from services.common.consumer import consumes
@@ -113,6 +114,8 @@ class TasksService(ServiceBase, OutboxRelay):
         for _ in range(10):
             task = self.store.task(task_id)
             if version != task["version"]:
+                if requests.replays(task):
+                    return task, Change()  # a redelivered request: its first delivery wrote
                 raise stale_version("task", version, task["version"])
             change = decide(task)
             if not change.writes:
@@ -125,7 +128,8 @@ class TasksService(ServiceBase, OutboxRelay):
         raise Conflict("The task is busy with claims; try again.", {"task_id": [task_id]})
 
     def _reply(self, doc: dict[str, Any]) -> dict[str, Any]:
-        hidden = ("holders", "waitlist", "live_key", "due_at", "sort_id")
+        hidden = ("holders", "waitlist", "live_key", "due_at", "sort_id", "request_key",
+                  "request_keys")
         return to_wire({k: v for k, v in doc.items() if k not in hidden})
 
     # -- tasks ---------------------------------------------------------------------------
@@ -133,8 +137,9 @@ class TasksService(ServiceBase, OutboxRelay):
     def create_task(self, data: Any) -> dict[str, Any]:
         payload = load(CREATE, data)
         doc = domain.new_task(new_id("tsk"), payload, self.caller, self.now())
-        self.store.insert_task(doc)
-        return self._reply(doc)
+        # a draft announces nothing; commit still makes a redelivered request create once
+        return self._reply(self.outbox.commit(TASKS, doc["_id"], [], lambda _: (
+            self.store.insert_task(doc))))
 
     @rpc
     def get_task(self, task_id: Any) -> dict[str, Any]:
@@ -256,9 +261,9 @@ class TasksService(ServiceBase, OutboxRelay):
                                     **extra)
         data = {"offer_expires_at": extra["offer_expires_at"].isoformat()} \
             if "offer_expires_at" in extra else {}
-        self.outbox.commit(ASSIGNMENTS, doc["_id"], [domain.created(doc, **data)],
-                           lambda envelopes: self.store.insert_assignment(doc, envelopes))
-        return self._reply(doc)
+        return self._reply(self.outbox.commit(
+            ASSIGNMENTS, doc["_id"], [domain.created(doc, **data)],
+            lambda envelopes: self.store.insert_assignment(doc, envelopes)))
 
     @rpc
     def join_waitlist(self, task_id: Any, volunteer_id: Any) -> dict[str, Any]:
@@ -412,9 +417,9 @@ class TasksService(ServiceBase, OutboxRelay):
                "list_id": list_id, "index": index, "status": "active", "version": 1,
                "issued_at": self.now(), "kid": self.keys.active_kid, "token": token}
         event = DomainEvent(events.CREDENTIAL_ISSUED, credential_id, _credential_data(doc))
-        self.outbox.commit(CREDENTIALS, credential_id, [event],
-                           lambda envelopes: self.store.insert_credential(doc, envelopes))
-        return self._credential_reply(doc)
+        return self._credential_reply(self.outbox.commit(
+            CREDENTIALS, credential_id, [event],
+            lambda envelopes: self.store.insert_credential(doc, envelopes)))
 
     def _credential_reply(self, doc: dict[str, Any]) -> dict[str, Any]:
         return to_wire({"credential_id": doc["_id"], "status": doc["status"],

@@ -23,6 +23,7 @@ from services.common.storage import (
     asc,
     epoch_ms,
     new_with_outbox,
+    visible,
     with_outbox,
 )
 
@@ -96,8 +97,7 @@ class TasksStore(BaseStore):
 
     # -- tasks ------------------------------------------------------------------------
     def insert_task(self, doc: dict[str, Any]) -> dict[str, Any]:
-        self.db[TASKS].insert_one(stored_task(doc))
-        return doc
+        return visible(self.insert_new(TASKS, stored_task(doc)))
 
     def task(self, task_id: str, projection: Mapping[str, int] = HIDDEN) -> dict[str, Any]:
         doc = self.db[TASKS].find_one({"_id": task_id}, projection)
@@ -324,12 +324,10 @@ class TasksStore(BaseStore):
                                   envelopes: Iterable[Mapping[str, Any]]
                                   ) -> dict[str, Any] | None:
         """Insert unless the volunteer has a live assignment on the task (None then)."""
-        stored = new_with_outbox(doc, envelopes)
         try:
-            self.db[ASSIGNMENTS].insert_one(stored)
+            return self.insert_new(ASSIGNMENTS, new_with_outbox(doc, envelopes))
         except DuplicateKeyError:
             return None
-        return stored
 
     def assignment(self, assignment_id: str) -> dict[str, Any]:
         doc = self.db[ASSIGNMENTS].find_one({"_id": assignment_id}, HIDDEN)
@@ -423,8 +421,7 @@ class TasksStore(BaseStore):
 
     def insert_credential(self, doc: dict[str, Any],
                           envelopes: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
-        self.db[CREDENTIALS].insert_one(new_with_outbox(doc, envelopes))
-        return doc
+        return visible(self.insert_new(CREDENTIALS, new_with_outbox(doc, envelopes)))
 
     def credential(self, credential_id: str) -> dict[str, Any]:
         doc = self.db[CREDENTIALS].find_one({"_id": credential_id}, HIDDEN)

@@ -7,7 +7,10 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from tests.support import ROOT
+from nameko.standalone.rpc import ClusterRpcProxy
+
+from services.common.caller import caller_context
+from tests.support import ROOT, wait_for
 
 
 class ServiceProcess:
@@ -51,3 +54,24 @@ class ServiceProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+def answers(config: dict[str, Any], service: str) -> bool:
+    """Whether `service` answers a cheap RPC on the run's broker (it has started)."""
+    try:
+        with ClusterRpcProxy(config, timeout=2,
+                             context_data=caller_context(None, ["system"])) as rpc:
+            if service == "tasks":
+                rpc.tasks.search_tasks({})
+            else:
+                rpc.registry.list_skills()
+        return True
+    except Exception:  # noqa: BLE001 - not up yet
+        return False
+
+
+def started(config: dict[str, Any], log_dir: Path, service: str, **env: str) -> ServiceProcess:
+    """A service process that answers RPCs."""
+    proc = ServiceProcess(service, config, log_dir, **env).start()
+    wait_for(lambda: answers(config, service), timeout=60)
+    return proc

@@ -4,7 +4,6 @@ consumer handles it exactly once. Real `nameko run` processes, real broker and s
 from __future__ import annotations
 
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +13,7 @@ from nameko.standalone.rpc import ClusterRpcProxy
 from services.common.caller import caller_context
 from services.common.consumer import consumes
 from services.common.storage import BaseStore, Store
-from tests.e2e.processes import ServiceProcess
+from tests.e2e.processes import ServiceProcess, answers
 from tests.factories import volunteer
 from tests.support import wait_for
 
@@ -49,24 +48,6 @@ def consumer(container_factory: Any, config: dict[str, Any]) -> Any:
     return container
 
 
-@pytest.fixture
-def processes(tmp_path: Path) -> Iterator[list[ServiceProcess]]:
-    started: list[ServiceProcess] = []
-    yield started
-    for proc in started:
-        proc.stop()
-
-
-def _ping(config: dict[str, Any]) -> bool:
-    try:
-        with ClusterRpcProxy(config, timeout=2,
-                             context_data=caller_context(None, ["system"])) as rpc:
-            rpc.registry.list_skills()
-        return True
-    except Exception:  # noqa: BLE001 - not up yet
-        return False
-
-
 @pytest.mark.parametrize("failpoint", ["outbox.after_write", "outbox.after_publish"])
 def test_killed_process_loses_no_event_and_consumer_sees_it_once(
         failpoint: str, config: dict[str, Any], consumer: Any, processes: list[ServiceProcess],
@@ -74,7 +55,7 @@ def test_killed_process_loses_no_event_and_consumer_sees_it_once(
     events = tap("registry")
     doomed = ServiceProcess("registry", config, tmp_path, SANAD_FAILPOINTS=failpoint).start()
     processes.append(doomed)
-    wait_for(lambda: _ping(config), timeout=60)
+    wait_for(lambda: answers(config, "registry"), timeout=60)
 
     # Fire the registration without waiting for a reply: the process dies handling it.
     with ClusterRpcProxy(config, timeout=30,
@@ -88,7 +69,7 @@ def test_killed_process_loses_no_event_and_consumer_sees_it_once(
 
     healthy = ServiceProcess("registry", config, tmp_path).start()
     processes.append(healthy)
-    wait_for(lambda: _ping(config), timeout=60)
+    wait_for(lambda: answers(config, "registry"), timeout=60)
 
     def handled() -> list[dict[str, Any]]:
         return [s for s in consumer_store(consumer).seen() if s["subject"] == stored["_id"]]
@@ -134,7 +115,7 @@ def test_tasks_killed_after_write_still_publishes_once(config: dict[str, Any],
                             SANAD_FAILPOINTS="outbox.after_write").start()
     processes.append(doomed)
     coordinator = caller_context("u_c", ["coordinator"], [org_id])
-    wait_for(lambda: _ping_tasks(config), timeout=60)
+    wait_for(lambda: answers(config, "tasks"), timeout=60)
     with ClusterRpcProxy(config, timeout=30, context_data=coordinator) as rpc:
         task = rpc.tasks.create_task({
             "organisation_id": org_id, "title": "Check-in calls",
@@ -149,13 +130,3 @@ def test_tasks_killed_after_write_still_publishes_once(config: dict[str, Any],
     [seen] = wait_for(lambda: [s for s in consumer_store(watcher).seen()
                                if s["subject"] == task["id"]], timeout=60)
     assert seen["handled"] == 1
-
-
-def _ping_tasks(config: dict[str, Any]) -> bool:
-    try:
-        with ClusterRpcProxy(config, timeout=2,
-                             context_data=caller_context(None, ["system"])) as rpc:
-            rpc.tasks.search_tasks({})
-        return True
-    except Exception:  # noqa: BLE001 - not up yet
-        return False

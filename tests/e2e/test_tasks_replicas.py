@@ -14,25 +14,12 @@ from nameko.standalone.rpc import ClusterRpcProxy
 
 from services.common.caller import caller_context
 from services.common.errors import Conflict
-from tests.e2e.processes import ServiceProcess
+from tests.e2e.processes import ServiceProcess, answers
 from tests.factories import volunteer
 from tests.support import wait_for
 
 VOLUNTEERS = 200
 SLOTS = 5
-
-
-def _answers(config: dict[str, Any], service: str) -> bool:
-    try:
-        with ClusterRpcProxy(config, timeout=2,
-                             context_data=caller_context(None, ["system"])) as rpc:
-            if service == "tasks":
-                rpc.tasks.search_tasks({})
-            else:
-                rpc.registry.list_skills()
-        return True
-    except Exception:  # noqa: BLE001 - not up yet
-        return False
 
 
 @pytest.fixture
@@ -42,8 +29,8 @@ def cluster(config: dict[str, Any], tmp_path: Path) -> Iterator[dict[str, Any]]:
              ServiceProcess("tasks", config, tmp_path, **fast).start(),
              ServiceProcess("tasks", config, tmp_path, **fast).start()]
     try:
-        wait_for(lambda: _answers(config, "registry"), timeout=60)
-        wait_for(lambda: _answers(config, "tasks"), timeout=60)
+        wait_for(lambda: answers(config, "registry"), timeout=60)
+        wait_for(lambda: answers(config, "tasks"), timeout=60)
         yield config
     finally:
         for proc in procs:
