@@ -16,6 +16,9 @@ from typing import Any
 from kombu import Connection, Exchange, Queue
 from pymongo import MongoClient
 
+# a tap decodes what Sanad publishes: application/cloudevents+json
+from services.common import envelope  # noqa: F401
+
 ROOT = Path(__file__).resolve().parent.parent
 STORE_BIN = ROOT / ".venv-store" / "bin" / "nx-27017"
 BROKER = os.environ.get("SANAD_TEST_BROKER", "amqp://guest:guest@127.0.0.1:5672")

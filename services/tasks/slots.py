@@ -9,6 +9,10 @@ win, and the order leaves every crash in a state `reconcile` repairs:
     release:  assignment: leaves live state + its event → task: give slot back
               → promote the first eligible waitlisted volunteer → filled/reopened flip
 
+While volunteers wait, a freed slot is theirs: a claim needs an empty waitlist (or,
+when no one in line may take the slot now, the very line it judged), so a sign-up never
+overtakes the line between a release and its promotion.
+
 A crash between a claim's two writes leaves a holder with no live assignment: once the
 task's audit time has passed, `reconcile` gives the slot back (until then the volunteer's
 retry is refused as a second claim would be).
@@ -129,11 +133,37 @@ class SlotKeeper:
         taken = self.store.claim_slot(task["_id"], volunteer_id, domain.CLAIMABLE,
                                       self.audit_at_ms)
         if taken is None:
+            line = self.store.line(task["_id"])
+            if line["free"] > 0 and line.get("waitlist"):
+                return self._behind_the_line(task, volunteer_id, line, existing, may_approve)
             # never taking over a slot the volunteer already holds: its owner (a claim
             # in flight, a promotion, a release) may be about to give it back
             raise Conflict("No free slot on this task.", {"task_id": [
                 "All slots are taken; join the waitlist to be offered the next one."]})
         return self._record_holder(taken, volunteer_id, existing, lambda: may_approve)
+
+    def _behind_the_line(self, task: Mapping[str, Any], volunteer_id: str,
+                         line: Mapping[str, Any], existing: Mapping[str, Any] | None,
+                         may_approve: bool) -> dict[str, Any]:
+        """A slot is free while volunteers wait: it is owed to the first eligible of them
+        (a release promotes them; here it is made sure of). Only when no one in line may
+        take it now (paused, vetting lapsed) does anyone else, and only while the line
+        is still the one judged."""
+        waiting = list(line["waitlist"])
+        volunteers = self.store.snapshots(VOLUNTEERS, waiting)
+        if domain.eligible_first(waiting, volunteers, task) is None:
+            taken = self.store.claim_slot(task["_id"], volunteer_id, domain.CLAIMABLE,
+                                          self.audit_at_ms, waiting=waiting)
+            if taken is not None:
+                return self._record_holder(taken, volunteer_id, existing, lambda: may_approve)
+        else:
+            self.promote_waitlist({**task, **line})
+            mine = self.store.live_assignment(domain.live_key(task["_id"], volunteer_id))
+            if mine and mine["status"] == "offered" and mine.get("offer_kind") == "reserved":
+                return self._confirm(mine, task)  # it was this volunteer's turn
+        raise Conflict("No free slot on this task.", {"task_id": [
+            "Volunteers are waiting for this task; join the waitlist to be offered the "
+            "next slot in turn."]})
 
     def _record_holder(self, task: Mapping[str, Any], volunteer_id: str,
                        existing: Mapping[str, Any] | None,
@@ -208,8 +238,10 @@ class SlotKeeper:
 
     def promote_waitlist(self, task: Mapping[str, Any]) -> None:
         """Offer freed slots to the first eligible volunteers waiting, each exactly once."""
+        rounds = WAITLIST_LIMIT + task.get("slots", 0)  # each lost round is another's win
         while task["free"] > 0 and task.get("waitlist") and task["status"] in (
-                *domain.CLAIMABLE, "filled"):
+                *domain.CLAIMABLE, "filled") and rounds > 0:
+            rounds -= 1
             volunteers = self.store.snapshots(VOLUNTEERS, task["waitlist"])
             chosen = domain.eligible_first(task["waitlist"], volunteers, task)
             if chosen is None:
@@ -217,7 +249,10 @@ class SlotKeeper:
             after = self.store.promote(task["_id"], chosen, (*domain.CLAIMABLE, "filled"),
                                        self.audit_at_ms)
             if after is None:
-                return  # another replica promoted someone: it carries on from there
+                # another worker promoted `chosen` first, or the line moved: read it again
+                # rather than leave a freed slot for whoever comes next
+                task = self.store.task(task["_id"])
+                continue
             waiting = self.store.live_assignment(domain.live_key(task["_id"], chosen))
             if waiting is None or waiting["status"] != "waitlisted" \
                     or not self.offer_reserved(waiting, after):

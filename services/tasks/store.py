@@ -7,7 +7,7 @@ free slots give exactly k winners on any number of replicas.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -41,6 +41,7 @@ AFTER = ReturnDocument.AFTER
 CLAIMED = {"status": 1, "free": 1, "slots": 1, "starts_at": 1, "organisation_id": 1}
 # what an accept reads of the task: its rules, not the long lists and texts
 FOR_CLAIM = {**HIDDEN, "holders": 0, "waitlist": 0, "sessions": 0, "description": 0}
+LINE = {"waitlist": 1, "free": 1, "status": 1}
 # a task in search results: a summary, get_task has the rest
 LISTED = {**FOR_CLAIM, "sort_id": 0}
 ANY = "*"
@@ -134,13 +135,18 @@ class TasksStore(BaseStore):
             return_document=returned)
 
     def claim_slot(self, task_id: str, volunteer_id: str, statuses: Iterable[str],
-                   audit_at_ms: int, vetting_gaps: Iterable[str] = ()
-                   ) -> dict[str, Any] | None:
+                   audit_at_ms: int, vetting_gaps: Iterable[str] = (),
+                   waiting: Sequence[str] = ()) -> dict[str, Any] | None:
         """Take one free slot for a volunteer who holds none, on a task that requires none
-        of `vetting_gaps`; None when there is none. Returns only what the claim goes on
-        with (CLAIMED): holders grow with the task."""
+        of `vetting_gaps`, while the waitlist is exactly `waiting` (empty: a freed slot is
+        the line's); None when there is none. Returns only what the claim goes on with
+        (CLAIMED): holders grow with the task."""
         query: dict[str, Any] = {"_id": task_id, "status": {"$in": list(statuses)},
-                                 "free": {"$gt": 0}, "holders": {"$nin": [volunteer_id]}}
+                                 "free": {"$gt": 0}, "holders": {"$nin": [volunteer_id]},
+                                 # no duplicates in line: same size and all of them = same line
+                                 "waitlist": {"$size": len(waiting)}}
+        if waiting:
+            query["waitlist"]["$all"] = list(waiting)
         if gaps := list(vetting_gaps):
             query["vetting_required"] = {"$nin": gaps}
         before = self._slots(
@@ -170,6 +176,10 @@ class TasksStore(BaseStore):
              "waitlist": {"$in": [volunteer_id]}, "holders": {"$nin": [volunteer_id]}},
             {"$inc": {"free": -1}, "$push": {"holders": volunteer_id},
              "$pull": {"waitlist": volunteer_id}}, [], audit_at_ms=audit_at_ms)
+
+    def line(self, task_id: str) -> dict[str, Any]:
+        """Who waits for the task, and how many slots are free."""
+        return self.task(task_id, LINE)
 
     def join_waitlist(self, task_id: str, volunteer_id: str, statuses: Iterable[str]
                       ) -> dict[str, Any] | None:

@@ -20,6 +20,7 @@ from tests.support import wait_for
 
 VOLUNTEERS = 200
 SLOTS = 5
+SYSTEM = caller_context("ops", ["system"])
 
 
 @pytest.fixture
@@ -37,36 +38,45 @@ def cluster(config: dict[str, Any], tmp_path: Path) -> Iterator[dict[str, Any]]:
             proc.stop()
 
 
-def test_two_replicas_race_for_five_slots(cluster: dict[str, Any], db: Any,
-                                          tap: Any) -> None:
-    events = tap("tasks")
-    system = caller_context("ops", ["system"])
+def _platform(cluster: dict[str, Any], db: Any, volunteers: int
+              ) -> tuple[str, list[str]]:
+    """A verified organisation and `volunteers` registered volunteers, known to tasks."""
     owner = caller_context("u_owner", ["coordinator"])
     with ClusterRpcProxy(cluster, timeout=30, context_data=owner) as rpc:
         org_id = rpc.registry.register_organisation(
             {"name": "Race NGO", "country": "LB", "contact_email": "r@race.example"})["id"]
-    with ClusterRpcProxy(cluster, timeout=30, context_data=system) as rpc:
+    with ClusterRpcProxy(cluster, timeout=30, context_data=SYSTEM) as rpc:
         rpc.registry.verify_organisation(org_id, {"version": 1})
         pending = [rpc.registry.register_volunteer.call_async(volunteer(f"r{n}@example.org"))
-                   for n in range(VOLUNTEERS)]
+                   for n in range(volunteers)]
         vols = [reply.result()["id"] for reply in pending]
-    wait_for(lambda: db("tasks").volunteers.count_documents({}) == VOLUNTEERS, timeout=120)
+    wait_for(lambda: db("tasks").volunteers.count_documents({}) == volunteers, timeout=120)
     wait_for(lambda: (db("tasks").organisations.find_one({"_id": org_id}) or {})
              .get("status") == "verified")
+    return org_id, vols
 
+
+def _open_task(cluster: dict[str, Any], org_id: str, slots: int) -> dict[str, Any]:
     coordinator = caller_context("u_owner", ["coordinator"], [org_id])
     start = (datetime.now(UTC) + timedelta(days=5)).replace(tzinfo=None, microsecond=0)
     with ClusterRpcProxy(cluster, timeout=30, context_data=coordinator) as rpc:
         task = rpc.tasks.create_task({
             "organisation_id": org_id, "title": "Phone support shift",
-            "category": "psychosocial_support", "timezone": "Asia/Beirut", "slots": SLOTS,
+            "category": "psychosocial_support", "timezone": "Asia/Beirut", "slots": slots,
             "schedule": {"kind": "one_off", "start": start.isoformat(),
                          "end": (start + timedelta(hours=3)).isoformat()}})
-        rpc.tasks.publish_task(task["id"], {"version": 1})
+        return rpc.tasks.publish_task(task["id"], {"version": 1})
+
+
+def test_two_replicas_race_for_five_slots(cluster: dict[str, Any], db: Any,
+                                          tap: Any) -> None:
+    events = tap("tasks")
+    org_id, vols = _platform(cluster, db, VOLUNTEERS)
+    task = _open_task(cluster, org_id, SLOTS)
 
     def accept(chunk: list[str]) -> list[str]:
         outcomes = []
-        with ClusterRpcProxy(cluster, timeout=60, context_data=system) as rpc:
+        with ClusterRpcProxy(cluster, timeout=60, context_data=SYSTEM) as rpc:
             for vid in chunk:
                 try:
                     rpc.tasks.accept(task["id"], vid)
@@ -85,7 +95,7 @@ def test_two_replicas_race_for_five_slots(cluster: dict[str, Any], db: Any,
     # Five wait; one holder withdraws: exactly one offer goes out, to the first in line.
     holders = list(stored["holders"])
     waiting = [v for v in vols if v not in holders][:5]
-    with ClusterRpcProxy(cluster, timeout=30, context_data=system) as rpc:
+    with ClusterRpcProxy(cluster, timeout=30, context_data=SYSTEM) as rpc:
         for vid in waiting:
             rpc.tasks.join_waitlist(task["id"], vid)
         mine = rpc.tasks.list_assignments(volunteer_id=holders[0])
@@ -114,3 +124,42 @@ def test_two_replicas_race_for_five_slots(cluster: dict[str, Any], db: Any,
     assert [o["data"]["volunteer_id"] for o in offers] == waiting[:2]
     final = db("tasks").tasks.find_one({"_id": task["id"]})
     assert final["free"] == 0 and len(final["holders"]) == SLOTS
+
+
+def test_withdrawals_racing_sign_ups_never_overtake_the_waitlist(cluster: dict[str, Any],
+                                                                 db: Any, tap: Any) -> None:
+    """Holders withdraw while newcomers sign up directly, through both replicas: every
+    freed slot goes to the first waiters in line, each offered once; no sign-up gets in."""
+    events = tap("tasks")
+    org_id, vols = _platform(cluster, db, 50)
+    holders, waiting, newcomers = vols[:SLOTS], vols[SLOTS:SLOTS + 15], vols[SLOTS + 15:]
+    task = _open_task(cluster, org_id, SLOTS)
+    with ClusterRpcProxy(cluster, timeout=30, context_data=SYSTEM) as rpc:
+        held = [rpc.tasks.accept(task["id"], vid)["id"] for vid in holders]
+        for vid in waiting:
+            rpc.tasks.join_waitlist(task["id"], vid)
+
+    def act(call: tuple[str, str]) -> str:
+        what, which = call
+        with ClusterRpcProxy(cluster, timeout=60, context_data=SYSTEM) as rpc:
+            try:
+                if what == "withdraw":
+                    rpc.tasks.withdraw(which)
+                else:
+                    rpc.tasks.accept(task["id"], which)
+                return f"{what}:done"
+            except Conflict:
+                return f"{what}:refused"
+
+    calls = [("withdraw", a) for a in held] + [("accept", v) for v in newcomers]
+    calls = [calls[n] for n in (*range(0, len(calls), 2), *range(1, len(calls), 2))]
+    outcomes = Counter(eventlet.GreenPool(len(calls)).imap(act, calls))
+    assert outcomes == {"withdraw:done": SLOTS, "accept:refused": len(newcomers)}
+
+    eventlet.sleep(2)  # both replicas' reconcile timers run meanwhile
+    stored = db("tasks").tasks.find_one({"_id": task["id"]})
+    assert sorted(stored["holders"]) == sorted(waiting[:SLOTS])
+    assert stored["waitlist"] == waiting[SLOTS:] and stored["free"] == 0
+    offered = [e["data"]["volunteer_id"] for e in events.drain()
+               if e["type"] == "sanad.assignment.offered.v1"]
+    assert sorted(offered) == sorted(waiting[:SLOTS])  # once each

@@ -777,3 +777,43 @@ def test_a_sign_up_landing_after_its_task_ended_is_closed_by_the_audit(
     assert store.assignment(late["_id"])["status"] == "withdrawn"
     stored = db("tasks").tasks.find_one({"_id": task["id"]})
     assert stored["holders"] == [] and stored["claims_audit_ms"] == 0
+
+
+def test_a_freed_slot_goes_to_the_line_not_to_a_sign_up_racing_its_promotion(
+        world: World, db: Any, tap: Any) -> None:
+    """A release gave its slot back and has not promoted yet (or its promotion lost a
+    race): a direct sign-up arriving then is refused, and the first eligible waiter, not a
+    paused one ahead of them, gets the slot, once. With no eligible waiter, the slot is
+    anyone's."""
+    from services.tasks.store import TasksStore
+
+    store = TasksStore(db("tasks"))
+    events = tap("tasks")
+    task = world.task(slots=1)
+    holder, paused, waiter, newcomer = (world.volunteer(n) for n in range(4))
+    world.as_volunteer(holder).accept(task["id"], holder)
+    for vid in (paused, waiter):
+        world.as_volunteer(vid).join_waitlist(task["id"], vid)
+    paused_doc = db("tasks").volunteers.find_one({"_id": paused})
+    db("tasks").volunteers.update_one({"_id": paused}, {"$set": {
+        "status": "paused", "version": paused_doc["version"] + 1}})
+
+    # a release's first step, then its promotion lost a race and the task reopened
+    assert store.release_slot(task["id"], holder, []) is not None
+    slot_keeper(store, datetime.now(UTC)).settle(store.task(task["id"]))
+    assert store.task(task["id"])["status"] == "open"
+    with pytest.raises(Conflict, match="waiting"):
+        world.as_volunteer(newcomer).accept(task["id"], newcomer)
+    stored = db("tasks").tasks.find_one({"_id": task["id"]})
+    assert stored["holders"] == [waiter] and stored["waitlist"] == [paused]
+    [offer] = [a for a in world.system.list_assignments(task_id=task["id"])
+               if a["status"] == "offered"]
+    assert offer["volunteer_id"] == waiter and offer["offer_kind"] == "reserved"
+    offers = [e for e in events.wait(1, "sanad.assignment.offered.v1")]
+    assert [e["data"]["volunteer_id"] for e in offers] == [waiter]
+
+    # the waiter turns the offer down; the only one left in line is paused: anyone may sign up
+    world.as_volunteer(waiter).decline(offer["id"])
+    assert world.as_volunteer(newcomer).accept(task["id"], newcomer)["status"] == "accepted"
+    stored = db("tasks").tasks.find_one({"_id": task["id"]})
+    assert stored["holders"] == [newcomer] and stored["waitlist"] == [paused]
