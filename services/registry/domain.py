@@ -460,7 +460,7 @@ def csv_row_to_registration(row: Mapping[str, Any], terms_version: str
 # Derived keys kept for indexes and uniqueness; callers see the fields they came from.
 INTERNAL_FIELDS = ("email_norm", "language_codes", "skill_ids", "skill_keys", "country",
                    "name_key", "contact_email_norm", "member_ids", "credited",
-                   "feedback_keys", "request_key", "request_keys")
+                   "feedback_keys")
 
 
 def public_view(doc: Mapping[str, Any]) -> dict[str, Any]:

@@ -128,8 +128,7 @@ class TasksService(ServiceBase, OutboxRelay):
         raise Conflict("The task is busy with claims; try again.", {"task_id": [task_id]})
 
     def _reply(self, doc: dict[str, Any]) -> dict[str, Any]:
-        hidden = ("holders", "waitlist", "live_key", "due_at", "sort_id", "request_key",
-                  "request_keys")
+        hidden = ("holders", "waitlist", "live_key", "due_at", "sort_id")
         return to_wire({k: v for k, v in doc.items() if k not in hidden})
 
     # -- tasks ---------------------------------------------------------------------------

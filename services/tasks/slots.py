@@ -282,11 +282,10 @@ class SlotKeeper:
                 f"{WAITLIST_LIMIT} volunteers are already waiting."]})
         doc = domain.new_assignment(new_id("asg"), task, volunteer_id, "waitlisted", self.now)
         # the live key: one place in line each
-        built = doc
-        doc = self.commit(ASSIGNMENTS, doc["_id"], [],
-                          lambda envelopes: self.store.insert_assignment(built, envelopes))
-        if doc["_id"] != built["_id"]:  # a redelivered request: it joined the line before
-            return self.store.assignment(doc["_id"])
+        stored = self.commit(ASSIGNMENTS, doc["_id"], [],
+                             lambda envelopes: self.store.insert_assignment(doc, envelopes))
+        if stored["_id"] != doc["_id"]:  # a redelivered request: it joined the line before
+            return self.store.assignment(stored["_id"])
         if self.store.join_waitlist(task["_id"], volunteer_id, ("open", "filled",
                                                                  "in_progress")) is None:
             # never announced: it leaves without an event
