@@ -53,7 +53,13 @@ FEEDBACK = schemas.FeedbackSchema()
 TIMER_BATCH = 200
 REGISTRY = "registry"
 SERVICE_NAME = "tasks"
+JWKS_PATH = "/credentials/jwks.json"
 log = logging.getLogger(__name__)
+
+
+def public_url(config: dict[str, Any], path: str) -> str:
+    """`path` at the address the outside world uses (credentials embed it)."""
+    return str(config.get("PUBLIC_URL", "http://127.0.0.1:8102")).rstrip("/") + path
 
 
 class SigningKeys(DependencyProvider):
@@ -75,7 +81,8 @@ class SigningKeys(DependencyProvider):
             log.warning("generated credential signing key %s in %s", kid, directory)
         active = config.get("CREDENTIAL_ACTIVE_KID")
         # YAML reads a date-named kid (2026-06-01) as a date: kids are names
-        self.keyring = credentials.KeyRing.load(directory, str(active) if active else None)
+        self.keyring = credentials.KeyRing.load(directory, str(active) if active else None,
+                                                public_url(config, JWKS_PATH))
 
     def get_dependency(self, worker_ctx: Any) -> credentials.KeyRing:
         return self.keyring
@@ -376,7 +383,7 @@ class TasksService(ServiceBase, OutboxRelay):
 
     # -- Open Badges 3.0 credentials -------------------------------------------------------
     def _public_url(self, path: str) -> str:
-        return str(self.config.get("PUBLIC_URL", "http://127.0.0.1:8102")).rstrip("/") + path
+        return public_url(self.config, path)
 
     def _issuer(self) -> dict[str, Any]:
         return {"id": self._public_url("/"), "name": self.config.get("ISSUER_NAME", "Sanad")}
@@ -424,7 +431,7 @@ class TasksService(ServiceBase, OutboxRelay):
         return to_wire({"credential_id": doc["_id"], "status": doc["status"],
                         "version": doc["version"],
                         "hours": doc["hours"], "token": doc.get("token"),
-                        "jwks_url": self._public_url("/credentials/jwks.json")})
+                        "jwks_url": self._public_url(JWKS_PATH)})
 
     def _skill_labels(self, skill_ids: list[str]) -> list[dict[str, Any]]:
         """Skill names in the three languages, from the registry's taxonomy."""
@@ -457,7 +464,7 @@ class TasksService(ServiceBase, OutboxRelay):
             raise Conflict("The credential changed meanwhile.", {"version": []})
         return self._credential_reply(after)
 
-    @http("GET", "/credentials/jwks.json")
+    @http("GET", JWKS_PATH)
     def jwks(self, request: Request) -> Response:
         """Every key that ever signed, so credentials outlive key rotation."""
         return Response(json.dumps(self.keys.jwks()), mimetype="application/jwk-set+json",
