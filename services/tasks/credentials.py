@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import argparse
 import base64
+import fcntl
 import json
 import math
 import os
 import re
 import sys
+import tempfile
 import uuid
 import zlib
 from collections.abc import Callable, Iterable, Mapping
@@ -114,10 +116,31 @@ def generate_key(directory: Path, kid: str, bits: int = 2048) -> Path:
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                             serialization.NoEncryption())
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    # O_EXCL: overwriting a key would leave every credential it signed unverifiable.
-    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as out:
-        out.write(pem)
+    # Written aside, then linked into place: a process loading the folder meanwhile never
+    # reads half a key, and link, like O_EXCL, refuses to overwrite one (that would leave
+    # every credential it signed unverifiable).
+    fd, aside = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as out:  # mkstemp makes it 0600
+            out.write(pem)
+            out.flush()
+            os.fsync(out.fileno())
+        os.link(aside, path)
+    finally:
+        os.unlink(aside)
     return path
+
+
+def ensure_key(directory: Path, kid: str) -> Path | None:
+    """A first key when the folder has none; the path of the key made, or None. Safe when
+    several processes start at once: one makes the key, the others wait and load it."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with open(directory / ".keygen.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, even on a crash
+        if any(directory.glob("*.pem")):
+            return None
+        return generate_key(directory, kid)
 
 
 def build_credential(*, credential_id: str, issuer: Mapping[str, Any],

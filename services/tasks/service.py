@@ -75,10 +75,10 @@ class SigningKeys(DependencyProvider):
         if not any(directory.glob("*.pem")):
             if not config.get("CREDENTIAL_KEYS_AUTOGEN", False):
                 raise RuntimeError(f"no credential signing keys in {directory}")
-            directory.mkdir(parents=True, exist_ok=True)
-            kid = datetime.now(UTC).strftime("%Y-%m-%d")
-            credentials.generate_key(directory, kid)
-            log.warning("generated credential signing key %s in %s", kid, directory)
+            # replicas started together share the folder: one makes the key
+            made = credentials.ensure_key(directory, datetime.now(UTC).strftime("%Y-%m-%d"))
+            if made is not None:
+                log.warning("generated credential signing key %s", made)
         active = config.get("CREDENTIAL_ACTIVE_KID")
         # YAML reads a date-named kid (2026-06-01) as a date: kids are names
         self.keyring = credentials.KeyRing.load(directory, str(active) if active else None,

@@ -14,6 +14,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -293,3 +294,42 @@ def test_cli_keygen(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert cr.main(["keygen", str(tmp_path), "--kid", "2026-11-25"]) == 0
     assert json.loads(capsys.readouterr().out)["kid"] == "2026-11-25"
     assert cr.KeyRing.load(tmp_path).active_kid == "2026-11-25"
+
+
+STARTER = """
+import sys, time
+from pathlib import Path
+from types import SimpleNamespace
+from services.tasks.service import SigningKeys
+keys = SigningKeys()
+keys.container = SimpleNamespace(config={"CREDENTIAL_KEYS_DIR": sys.argv[1],
+                                         "CREDENTIAL_KEYS_AUTOGEN": True})
+go = Path(sys.argv[2])
+(go.parent / f"ready-{id(keys)}-{time.monotonic_ns()}").touch()
+while not go.exists():  # all start set up at once, like replicas rolled out together
+    time.sleep(0.001)
+keys.setup()
+print(keys.keyring.active_kid)
+"""
+
+
+def test_processes_starting_together_on_an_empty_keys_dir_all_start_with_one_key(
+        tmp_path: Path) -> None:
+    keys, go = tmp_path / "keys", tmp_path / "go"
+    starters = [subprocess.Popen([sys.executable, "-c", STARTER, str(keys), str(go)],
+                                 cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 text=True) for _ in range(4)]
+    try:
+        while len(list(tmp_path.glob("ready-*"))) < len(starters) and all(
+                starter.poll() is None for starter in starters):
+            time.sleep(0.01)  # until every one has imported, then release them together
+        go.touch()
+        results = [starter.communicate(timeout=120) for starter in starters]
+    finally:
+        for starter in starters:
+            if starter.poll() is None:
+                starter.kill()
+    assert [starter.returncode for starter in starters] == [0] * 4, [e for _, e in results]
+    assert len({out for out, _ in results}) == 1
+    [pem] = keys.glob("*.pem")
+    assert cr.KeyRing.load(keys).active_kid == pem.stem  # whole, not half-written
