@@ -14,7 +14,6 @@ from typing import Any
 from nameko.dependency_providers import Config
 from nameko.extensions import DependencyProvider
 from nameko.rpc import RpcProxy
-from nameko.web.handlers import http
 from werkzeug.wrappers import Request, Response
 
 from services.common import requests
@@ -29,6 +28,7 @@ from services.common.schemas import load, to_wire
 from services.common.service import ServiceBase, rpc
 from services.common.storage import Store
 from services.common.timers import every
+from services.common.web import http
 from services.contracts import tasks as events
 from services.tasks import credentials, domain, schemas
 from services.tasks.calendar import volunteer_feed
@@ -495,7 +495,7 @@ class TasksService(ServiceBase, OutboxRelay):
         self.store.set_calendar_token(volunteer_id, _token_hash(token), self.now())
         return {"path": f"/calendar/{token}.ics"}
 
-    @http("GET", "/calendar/<string:token>.ics")
+    @http("GET", "/calendar/<secret:token>.ics")
     def calendar_feed(self, request: Request, token: str) -> Response:
         volunteer_id = self.store.calendar_owner(_token_hash(token))
         if volunteer_id is None:

@@ -465,6 +465,37 @@ def test_calendar_feed_at_a_secret_rotatable_url(container_factory: Any,
     assert gone.value.code == 404
 
 
+def test_calendar_token_never_reaches_the_log(container_factory: Any, config: dict[str, Any],
+                                             rpc: Any, db: Any,
+                                             caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+    import urllib.error
+    import urllib.request
+
+    container_factory(RegistryService, config).start()
+    tasks = container_factory(TasksService, config)
+    tasks.start()
+    world = World(rpc, db)
+    vol = world.volunteer(1)
+    link = world.as_volunteer(vol).rotate_calendar_link(vol)["path"]
+    token = link.removeprefix("/calendar/").removesuffix(".ics")
+    base = f"http://127.0.0.1:{http_port(tasks)}"
+    caplog.set_level(logging.DEBUG)  # everything any logger writes, the access log included
+    with urllib.request.urlopen(base + link + "?x=1", timeout=5) as resp:
+        assert resp.status == 200
+    for method, path, code in (("GET", "/calendar/not-a-link.ics", 404),
+                               ("POST", link, 405)):
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(urllib.request.Request(base + path, method=method,
+                                                          data=b"" if method == "POST"
+                                                          else None), timeout=5)
+        assert refused.value.code == code
+    tasks.stop()  # every request handled and logged
+    access = [r.getMessage() for r in caplog.records if r.name == "nameko.web.server"]
+    assert sum("/calendar/<secret:token>.ics" in line for line in access) == 3, access
+    assert token not in caplog.text and "not-a-link" not in caplog.text
+
+
 def test_open_badges_credential_issued_verified_and_revoked(container_factory: Any,
                                                              config: dict[str, Any],
                                                              rpc: Any, db: Any) -> None:
