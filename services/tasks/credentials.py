@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import argparse
 import base64
+import fcntl
 import json
 import math
 import os
 import re
 import sys
+import tempfile
 import uuid
 import zlib
 from collections.abc import Callable, Iterable, Mapping
@@ -70,7 +72,10 @@ class KeyRing:
     before a rotation keep verifying. Parsed once: parsing costs far more than signing."""
 
     def __init__(self, keys: Mapping[str, rsa.RSAPrivateKey],
-                 active_kid: str | None = None) -> None:
+                 active_kid: str | None = None, jwks_url: str | None = None) -> None:
+        # Where the JWKS is published: the header's kid is then `<jwks_url>#<kid>`, the URI
+        # OB 3.0 asks for; without it (offline tools, old callers) the bare kid.
+        self.jwks_url = jwks_url
         self.active_kid = active_kid or max(keys, default="")  # date-named: the newest signs
         if self.active_kid not in keys:
             raise ValueError(f"No signing key {self.active_kid!r}." if keys else "No keys.")
@@ -82,20 +87,25 @@ class KeyRing:
                                "alg": ALGORITHM, "use": "sig"}
 
     @classmethod
-    def load(cls, directory: Path, active_kid: str | None = None) -> KeyRing:
+    def load(cls, directory: Path, active_kid: str | None = None,
+             jwks_url: str | None = None) -> KeyRing:
         keys = {}
         for path in sorted(Path(directory).glob("*.pem")):
             key = serialization.load_pem_private_key(path.read_bytes(), password=None)
             if not isinstance(key, rsa.RSAPrivateKey) or key.key_size < 2048:
                 raise ValueError(f"{path.name}: not an RSA key of 2048 bits or more.")
             keys[_opaque(path.stem, "kid")] = key
-        return cls(keys, active_kid)
+        return cls(keys, active_kid, jwks_url)
 
     def jwks(self) -> dict[str, Any]:
         return {"keys": [dict(jwk) for jwk in self._jwks.values()]}
 
     def active(self) -> tuple[rsa.RSAPrivateKey, dict[str, Any]]:
         return self._keys[self.active_kid], self._jwks[self.active_kid]
+
+    def key_uri(self) -> str:
+        """The active key as a URI that dereferences to its JWK: the JWKS, kid as fragment."""
+        return f"{self.jwks_url}#{self.active_kid}" if self.jwks_url else self.active_kid
 
 
 def generate_key(directory: Path, kid: str, bits: int = 2048) -> Path:
@@ -106,10 +116,31 @@ def generate_key(directory: Path, kid: str, bits: int = 2048) -> Path:
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                             serialization.NoEncryption())
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    # O_EXCL: overwriting a key would leave every credential it signed unverifiable.
-    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as out:
-        out.write(pem)
+    # Written aside, then linked into place: a process loading the folder meanwhile never
+    # reads half a key, and link, like O_EXCL, refuses to overwrite one (that would leave
+    # every credential it signed unverifiable).
+    fd, aside = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as out:  # mkstemp makes it 0600
+            out.write(pem)
+            out.flush()
+            os.fsync(out.fileno())
+        os.link(aside, path)
+    finally:
+        os.unlink(aside)
     return path
+
+
+def ensure_key(directory: Path, kid: str) -> Path | None:
+    """A first key when the folder has none; the path of the key made, or None. Safe when
+    several processes start at once: one makes the key, the others wait and load it."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with open(directory / ".keygen.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, even on a crash
+        if any(directory.glob("*.pem")):
+            return None
+        return generate_key(directory, kid)
 
 
 def build_credential(*, credential_id: str, issuer: Mapping[str, Any],
@@ -169,13 +200,13 @@ def sign(credential: Mapping[str, Any], keyring: KeyRing) -> str:
         claims["sub"] = subject_id
     if credential.get("validUntil"):
         claims["exp"] = int(_moments(credential["validUntil"])[0].timestamp())
-    key, jwk = keyring.active()
+    key, _ = keyring.active()
     # Raw UTF-8, not PyJWT's \u escapes, which would triple the size of Arabic text.
     body = json.dumps(claims, ensure_ascii=False, separators=(",", ":")).encode()
-    # kid finds the key in our JWKS; the public jwk meets OB 3.0's "kid is a dereferenceable
-    # URI, else jwk" for verifiers that do not know our JWKS.
-    headers = {"kid": jwk["kid"], "jwk": {k: jwk[k] for k in ("kty", "n", "e")}}
-    return jwt.api_jws.encode(body, key, algorithm=ALGORITHM, headers=headers)
+    # A dereferenceable kid and no embedded jwk: with the 2048-bit jwk the header was 568
+    # bytes, and verifiers such as joserfc refuse headers over 512 bytes by default.
+    return jwt.api_jws.encode(body, key, algorithm=ALGORITHM,
+                              headers={"kid": keyring.key_uri()})
 
 
 class _Invalid(Exception):
@@ -214,10 +245,14 @@ def _verified_claims(token: str, jwks: Mapping[str, Any]) -> dict[str, Any]:
         raise _Invalid(f"Not a compact JWS: {exc}") from None
     if header.get("alg") != ALGORITHM:  # the token never chooses the algorithm
         raise _Invalid(f"Algorithm {header.get('alg')!r} is not {ALGORITHM}.")
+    kid = header.get("kid")
+    # `<jwks url>#<kid>` since the kid became a URI; a bare kid (with an embedded jwk) in
+    # credentials issued before, which must keep verifying.
+    name = kid.rpartition("#")[2] if isinstance(kid, str) else kid
     jwk = next((k for k in jwks.get("keys", []) if isinstance(k, Mapping)
-                and k.get("kid") == header.get("kid") and k.get("kty") == "RSA"), None)
+                and k.get("kid") == name and k.get("kty") == "RSA"), None)
     if jwk is None:
-        raise _Invalid(f"No RSA key {header.get('kid')!r} in the JWKS.")
+        raise _Invalid(f"No RSA key {kid!r} in the JWKS.")
     embedded = header.get("jwk", jwk)
     if not isinstance(embedded, Mapping) or [embedded.get("n"), embedded.get("e")] != [
             jwk["n"], jwk["e"]]:

@@ -14,7 +14,6 @@ from typing import Any
 from nameko.dependency_providers import Config
 from nameko.extensions import DependencyProvider
 from nameko.rpc import RpcProxy
-from nameko.web.handlers import http
 from werkzeug.wrappers import Request, Response
 
 from services.common import requests
@@ -29,6 +28,7 @@ from services.common.schemas import load, to_wire
 from services.common.service import ServiceBase, rpc
 from services.common.storage import Store
 from services.common.timers import every
+from services.common.web import http
 from services.contracts import tasks as events
 from services.tasks import credentials, domain, schemas
 from services.tasks.calendar import volunteer_feed
@@ -53,7 +53,13 @@ FEEDBACK = schemas.FeedbackSchema()
 TIMER_BATCH = 200
 REGISTRY = "registry"
 SERVICE_NAME = "tasks"
+JWKS_PATH = "/credentials/jwks.json"
 log = logging.getLogger(__name__)
+
+
+def public_url(config: dict[str, Any], path: str) -> str:
+    """`path` at the address the outside world uses (credentials embed it)."""
+    return str(config.get("PUBLIC_URL", "http://127.0.0.1:8102")).rstrip("/") + path
 
 
 class SigningKeys(DependencyProvider):
@@ -69,13 +75,14 @@ class SigningKeys(DependencyProvider):
         if not any(directory.glob("*.pem")):
             if not config.get("CREDENTIAL_KEYS_AUTOGEN", False):
                 raise RuntimeError(f"no credential signing keys in {directory}")
-            directory.mkdir(parents=True, exist_ok=True)
-            kid = datetime.now(UTC).strftime("%Y-%m-%d")
-            credentials.generate_key(directory, kid)
-            log.warning("generated credential signing key %s in %s", kid, directory)
+            # replicas started together share the folder: one makes the key
+            made = credentials.ensure_key(directory, datetime.now(UTC).strftime("%Y-%m-%d"))
+            if made is not None:
+                log.warning("generated credential signing key %s", made)
         active = config.get("CREDENTIAL_ACTIVE_KID")
         # YAML reads a date-named kid (2026-06-01) as a date: kids are names
-        self.keyring = credentials.KeyRing.load(directory, str(active) if active else None)
+        self.keyring = credentials.KeyRing.load(directory, str(active) if active else None,
+                                                public_url(config, JWKS_PATH))
 
     def get_dependency(self, worker_ctx: Any) -> credentials.KeyRing:
         return self.keyring
@@ -376,7 +383,7 @@ class TasksService(ServiceBase, OutboxRelay):
 
     # -- Open Badges 3.0 credentials -------------------------------------------------------
     def _public_url(self, path: str) -> str:
-        return str(self.config.get("PUBLIC_URL", "http://127.0.0.1:8102")).rstrip("/") + path
+        return public_url(self.config, path)
 
     def _issuer(self) -> dict[str, Any]:
         return {"id": self._public_url("/"), "name": self.config.get("ISSUER_NAME", "Sanad")}
@@ -424,7 +431,7 @@ class TasksService(ServiceBase, OutboxRelay):
         return to_wire({"credential_id": doc["_id"], "status": doc["status"],
                         "version": doc["version"],
                         "hours": doc["hours"], "token": doc.get("token"),
-                        "jwks_url": self._public_url("/credentials/jwks.json")})
+                        "jwks_url": self._public_url(JWKS_PATH)})
 
     def _skill_labels(self, skill_ids: list[str]) -> list[dict[str, Any]]:
         """Skill names in the three languages, from the registry's taxonomy."""
@@ -457,7 +464,7 @@ class TasksService(ServiceBase, OutboxRelay):
             raise Conflict("The credential changed meanwhile.", {"version": []})
         return self._credential_reply(after)
 
-    @http("GET", "/credentials/jwks.json")
+    @http("GET", JWKS_PATH)
     def jwks(self, request: Request) -> Response:
         """Every key that ever signed, so credentials outlive key rotation."""
         return Response(json.dumps(self.keys.jwks()), mimetype="application/jwk-set+json",
@@ -488,7 +495,7 @@ class TasksService(ServiceBase, OutboxRelay):
         self.store.set_calendar_token(volunteer_id, _token_hash(token), self.now())
         return {"path": f"/calendar/{token}.ics"}
 
-    @http("GET", "/calendar/<string:token>.ics")
+    @http("GET", "/calendar/<secret:token>.ics")
     def calendar_feed(self, request: Request, token: str) -> Response:
         volunteer_id = self.store.calendar_owner(_token_hash(token))
         if volunteer_id is None:

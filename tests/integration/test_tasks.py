@@ -465,6 +465,37 @@ def test_calendar_feed_at_a_secret_rotatable_url(container_factory: Any,
     assert gone.value.code == 404
 
 
+def test_calendar_token_never_reaches_the_log(container_factory: Any, config: dict[str, Any],
+                                             rpc: Any, db: Any,
+                                             caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+    import urllib.error
+    import urllib.request
+
+    container_factory(RegistryService, config).start()
+    tasks = container_factory(TasksService, config)
+    tasks.start()
+    world = World(rpc, db)
+    vol = world.volunteer(1)
+    link = world.as_volunteer(vol).rotate_calendar_link(vol)["path"]
+    token = link.removeprefix("/calendar/").removesuffix(".ics")
+    base = f"http://127.0.0.1:{http_port(tasks)}"
+    caplog.set_level(logging.DEBUG)  # everything any logger writes, the access log included
+    with urllib.request.urlopen(base + link + "?x=1", timeout=5) as resp:
+        assert resp.status == 200
+    for method, path, code in (("GET", "/calendar/not-a-link.ics", 404),
+                               ("POST", link, 405)):
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(urllib.request.Request(base + path, method=method,
+                                                          data=b"" if method == "POST"
+                                                          else None), timeout=5)
+        assert refused.value.code == code
+    tasks.stop()  # every request handled and logged
+    access = [r.getMessage() for r in caplog.records if r.name == "nameko.web.server"]
+    assert sum("/calendar/<secret:token>.ics" in line for line in access) == 3, access
+    assert token not in caplog.text and "not-a-link" not in caplog.text
+
+
 def test_open_badges_credential_issued_verified_and_revoked(container_factory: Any,
                                                              config: dict[str, Any],
                                                              rpc: Any, db: Any) -> None:
@@ -472,6 +503,8 @@ def test_open_badges_credential_issued_verified_and_revoked(container_factory: A
     import urllib.request
 
     import jwt
+    from joserfc import jwt as jose_jwt
+    from joserfc.jwk import RSAKey
     from jwt.algorithms import RSAAlgorithm
     from openbadgeslib.ob3.verifier import OB3Verifier
 
@@ -518,11 +551,16 @@ def test_open_badges_credential_issued_verified_and_revoked(container_factory: A
     assert {"تدريس الرياضيات", "Mathematics tutoring", "Soutien en mathématiques",
             "Online collaboration"} <= set(achievement["tag"])
 
-    # the independent Open Badges 3.0 verifier, with the key named in the token
-    [jwk] = [k for k in jwks["keys"] if k["kid"] == jwt.get_unverified_header(
-        issued["token"])["kid"]]
+    # independent verifiers, with the key the token's kid dereferences to (a URI: the
+    # served JWKS, the key's name as fragment): Open Badges 3.0's, and joserfc at defaults
+    url, _, name = jwt.get_unverified_header(issued["token"])["kid"].partition("#")
+    assert url == issued["jwks_url"] == "http://127.0.0.1:8102/credentials/jwks.json"
+    [jwk] = [k for k in json.loads(fetch(base + "/credentials/jwks.json"))["keys"]
+             if k["kid"] == name]
     checked = OB3Verifier(pubkey_pem=RSAAlgorithm.from_jwk(jwk)).verify(issued["token"])
     assert checked is not None  # it raises OB3VerificationError when it refuses
+    claims = jose_jwt.decode(issued["token"], RSAKey.import_key(jwk)).claims
+    assert claims["jti"] == issued["credential_id"]
 
     with pytest.raises(urllib.error.HTTPError) as unknown:
         fetch(base + "/credentials/status/99")
@@ -657,7 +695,8 @@ def test_key_rotation_keeps_old_credentials_verifiable(container_factory: Any,
     second.start()
     me2, assignment2 = verified_assignment(2)
     new = me2.issue_credential(assignment2["id"])["token"]
-    assert jwt_kid(old) == "2026-01-01" and jwt_kid(new) == "2026-07-01"
+    keys_url = "http://127.0.0.1:8102/credentials/jwks.json#"
+    assert jwt_kid(old) == keys_url + "2026-01-01" and jwt_kid(new) == keys_url + "2026-07-01"
     with urllib.request.urlopen(f"http://127.0.0.1:{http_port(second)}"
                                 "/credentials/jwks.json", timeout=5) as resp:
         jwks = json.loads(resp.read())

@@ -14,6 +14,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from services.tasks import credentials as cr
 
 NOW = datetime(2026, 11, 24, 9, 30, tzinfo=UTC)
 LIST_URL = "https://sanad.example/credentials/status/1"
+JWKS_URL = "https://sanad.example/credentials/jwks.json"
 ISSUER: dict[str, Any] = {"id": "https://sanad.example",
                           "name": {"ar": "سند", "en": "Sanad", "fr": "Sanad"}}
 ORGANISATION: dict[str, Any] = {"id": "org_" + "a" * 28, "name": {
@@ -49,7 +51,7 @@ def old_keys(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def ring(old_keys: Path) -> cr.KeyRing:
-    return cr.KeyRing.load(old_keys)
+    return cr.KeyRing.load(old_keys, jwks_url=JWKS_URL)
 
 
 def credential(index: int = 7, hours: float = 3.5, **changes: Any) -> dict[str, Any]:
@@ -68,10 +70,37 @@ def status_list(ring: cr.KeyRing, revoked: set[int]) -> str:
                    ring)
 
 
+def dereference(token: str, jwks: dict[str, Any]) -> dict[str, Any]:
+    """The JWK the token's kid names, as a verifier finds it: the JWKS the kid's URL serves
+    (here `jwks`), then the key whose kid is the fragment (or the bare kid of old tokens)."""
+    url, _, name = jwt.get_unverified_header(token)["kid"].rpartition("#")
+    assert url in ("", JWKS_URL)
+    return next(key for key in jwks["keys"] if key["kid"] == name)
+
+
 def openbadges(token: str, jwks: dict[str, Any], **options: Any) -> Any:
-    kid = jwt.get_unverified_header(token)["kid"]
-    jwk = next(key for key in jwks["keys"] if key["kid"] == kid)
+    jwk = dereference(token, jwks)
     return OB3Verifier(pubkey_pem=RSAAlgorithm.from_jwk(jwk)).verify(token, **options)
+
+
+def old_style(credential: dict[str, Any], keys: Path, kid: str) -> str:
+    """A credential as issued before the kid became a URI: bare kid plus embedded jwk."""
+    ring = cr.KeyRing.load(keys, kid)
+    key, jwk = ring.active()
+    claims = {**credential, "iss": credential["issuer"]["id"], "jti": credential["id"],
+              "sub": credential["credentialSubject"]["id"],
+              "nbf": int(datetime.fromisoformat(credential["validFrom"]).timestamp())}
+    body = json.dumps(claims, ensure_ascii=False, separators=(",", ":")).encode()
+    return jwt.api_jws.encode(body, key, algorithm="RS256", headers={
+        "kid": kid, "jwk": {k: jwk[k] for k in ("kty", "n", "e")}})
+
+
+def joserfc_verify(token: str, jwks: dict[str, Any]) -> dict[str, Any]:
+    """joserfc at its defaults (header at most 512 bytes among them), key from the kid."""
+    from joserfc import jwt as jose_jwt
+    from joserfc.jwk import RSAKey
+
+    return jose_jwt.decode(token, RSAKey.import_key(dereference(token, jwks))).claims
 
 
 def tampered(token: str, **subject: Any) -> str:
@@ -87,7 +116,8 @@ def tampered(token: str, **subject: Any) -> str:
 def test_issued_credential_verifies_with_ours_and_openbadgeslib(ring: cr.KeyRing) -> None:
     token = cr.sign(credential(), ring)
     header = jwt.get_unverified_header(token)
-    assert (header["alg"], header["kid"], header["typ"]) == ("RS256", "2026-05-01", "JWT")
+    assert (header["alg"], header["kid"], header["typ"]) == (
+        "RS256", JWKS_URL + "#2026-05-01", "JWT")
     report = cr.verify(token, ring.jwks(), now=NOW)
     assert report == {"valid": True, "revoked": None, "errors": [],
                       "credential": report["credential"]}
@@ -125,6 +155,26 @@ def test_build_refuses_personal_data_and_bad_hours() -> None:
 
 
 # -- refusing ------------------------------------------------------------------------------
+def test_kid_is_a_uri_to_the_jwk_and_a_jose_library_at_its_defaults_verifies(
+        ring: cr.KeyRing) -> None:
+    token = cr.sign(credential(), ring)
+    header = jwt.get_unverified_header(token)
+    assert header["kid"] == f"{JWKS_URL}#{ring.active_kid}" and "jwk" not in header
+    assert len(json.dumps(header)) <= 512
+    claims = joserfc_verify(token, ring.jwks())
+    assert claims["credentialSubject"]["id"] == "urn:sanad:volunteer:vol_42"
+    listed = status_list(ring, set())  # the status list is signed the same way
+    assert joserfc_verify(listed, ring.jwks())["id"] == LIST_URL
+
+
+def test_credentials_issued_with_a_bare_kid_and_embedded_jwk_still_verify(
+        ring: cr.KeyRing, old_keys: Path) -> None:
+    before = old_style(credential(), old_keys, "2026-05-01")
+    assert jwt.get_unverified_header(before)["kid"] == "2026-05-01"
+    assert cr.verify(before, ring.jwks(), now=NOW)["valid"]
+    assert openbadges(before, ring.jwks()).id.startswith("urn:uuid:")
+
+
 def test_tampered_token_is_refused_by_both(ring: cr.KeyRing) -> None:
     # Someone claims another volunteer's credential as theirs.
     token = tampered(cr.sign(credential(), ring), id="urn:sanad:volunteer:mallory")
@@ -157,7 +207,7 @@ def test_old_credentials_still_verify_after_rotation(old_keys: Path, tmp_path: P
     rotated = cr.KeyRing.load(tmp_path)
     assert rotated.active_kid == "2026-11-25"  # the newest date signs
     after = cr.sign(credential(), rotated)
-    assert jwt.get_unverified_header(after)["kid"] == "2026-11-25"
+    assert jwt.get_unverified_header(after)["kid"] == "2026-11-25"  # loaded without a URL
     jwks = rotated.jwks()
     assert [key["kid"] for key in jwks["keys"]] == ["2026-05-01", "2026-11-25"]
     for token in (before, after):
@@ -244,3 +294,42 @@ def test_cli_keygen(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert cr.main(["keygen", str(tmp_path), "--kid", "2026-11-25"]) == 0
     assert json.loads(capsys.readouterr().out)["kid"] == "2026-11-25"
     assert cr.KeyRing.load(tmp_path).active_kid == "2026-11-25"
+
+
+STARTER = """
+import sys, time
+from pathlib import Path
+from types import SimpleNamespace
+from services.tasks.service import SigningKeys
+keys = SigningKeys()
+keys.container = SimpleNamespace(config={"CREDENTIAL_KEYS_DIR": sys.argv[1],
+                                         "CREDENTIAL_KEYS_AUTOGEN": True})
+go = Path(sys.argv[2])
+(go.parent / f"ready-{id(keys)}-{time.monotonic_ns()}").touch()
+while not go.exists():  # all start set up at once, like replicas rolled out together
+    time.sleep(0.001)
+keys.setup()
+print(keys.keyring.active_kid)
+"""
+
+
+def test_processes_starting_together_on_an_empty_keys_dir_all_start_with_one_key(
+        tmp_path: Path) -> None:
+    keys, go = tmp_path / "keys", tmp_path / "go"
+    starters = [subprocess.Popen([sys.executable, "-c", STARTER, str(keys), str(go)],
+                                 cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 text=True) for _ in range(4)]
+    try:
+        while len(list(tmp_path.glob("ready-*"))) < len(starters) and all(
+                starter.poll() is None for starter in starters):
+            time.sleep(0.01)  # until every one has imported, then release them together
+        go.touch()
+        results = [starter.communicate(timeout=120) for starter in starters]
+    finally:
+        for starter in starters:
+            if starter.poll() is None:
+                starter.kill()
+    assert [starter.returncode for starter in starters] == [0] * 4, [e for _, e in results]
+    assert len({out for out, _ in results}) == 1
+    [pem] = keys.glob("*.pem")
+    assert cr.KeyRing.load(keys).active_kid == pem.stem  # whole, not half-written
