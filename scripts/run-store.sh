@@ -18,7 +18,10 @@ echo "store: nx-27017 on 127.0.0.1:$port, data in $data, log in $data/nx.log"
 # Its shutdown on Ctrl-C prints an asyncio traceback; keep stderr in a file and say
 # so only when the store ends with an error. Its own session: honcho signals each
 # process group on Ctrl-C, and the store must outlive the services (trap below).
+# WAL (nx-27017's default) keeps erased documents in the -wal file until it is reused;
+# SANAD_STORE_JOURNAL_MODE=DELETE has no such file (docs/operations.md, erasure on disk).
 setsid .venv-store/bin/nx-27017 --host 127.0.0.1 -p "$port" --data-dir "$data" \
+  --journal-mode "${SANAD_STORE_JOURNAL_MODE:-WAL}" \
   --log-file "$data/nx.log" --pid-file "$pid_file" 2>"$data/nx.stderr" &
 store=$!
 # On Ctrl-C every process group gets the signal at once: the store stays until this checkout's

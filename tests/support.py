@@ -43,15 +43,16 @@ def wait_for(check: Any, timeout: float = 15.0, interval: float = 0.05) -> Any:
 
 
 @contextmanager
-def nx_store() -> Iterator[str]:
-    """Start nx-27017 on a free port with an in-memory data dir; yield its URI."""
-    if os.environ.get("MONGO_URI"):
+def nx_store(data_dir: Path | None = None, journal_mode: str = "WAL") -> Iterator[str]:
+    """Start nx-27017 on a free port (data in memory unless `data_dir`); yield its URI."""
+    if os.environ.get("MONGO_URI") and data_dir is None:
         yield os.environ["MONGO_URI"]  # a real MongoDB given by the caller
         return
     workdir = Path(tempfile.mkdtemp(prefix="sanad-store-"))
     port = free_port()
     proc = subprocess.Popen(
-        [str(STORE_BIN), "--host", "127.0.0.1", "-p", str(port), "--data-dir", "memory",
+        [str(STORE_BIN), "--host", "127.0.0.1", "-p", str(port),
+         "--data-dir", str(data_dir or "memory"), "--journal-mode", journal_mode,
          "--log-file", str(workdir / "nx.log"), "--pid-file", str(workdir / "nx.pid")],
         stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     uri = f"mongodb://127.0.0.1:{port}/"

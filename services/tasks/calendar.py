@@ -15,6 +15,7 @@ from zoneinfo import ZoneInfo
 from icalendar import Calendar, Event, vDuration
 from icalendar.enums import STATUS
 
+from services.common.vtimezone import vtimezone
 from services.tasks.domain import ASSIGNMENT_TRANSITIONS, HOLDS_SLOT, LIVE
 
 PRODID = "-//Sanad//Volunteering//EN"
@@ -50,19 +51,27 @@ def volunteer_feed(entries: Iterable[Mapping[str, Any]], *, now: datetime,
     cal.add("REFRESH-INTERVAL", REFRESH, parameters={"VALUE": "DURATION"})
     cal.add("X-PUBLISHED-TTL", vDuration(REFRESH))  # a bare timedelta would print "1:00:00"
     days: list[date] = []
+    zones: set[str] = set()
+    events: list[Event] = []
     for entry in entries:
         task = entry["task"]
         zone = ZoneInfo(task["timezone"])
+        if task.get("sessions"):
+            zones.add(task["timezone"])
         for session in task.get("sessions") or ():
             start, end = session["start"].astimezone(zone), session["end"].astimezone(zone)
             days += [start.date(), end.date()]
-            cal.add_component(_event(entry, session, start, end, stamp))
+            events.append(_event(entry, session, start, end, stamp))
     if days:
-        # The library's default window (1970 to 2038) costs kilobytes per zone on every
-        # hourly poll and ends in 2038. Whole years around the sessions instead, so a zone
-        # with daylight saving keeps both STANDARD and DAYLIGHT (Outlook expects the pair).
-        cal.add_missing_timezones(first_date=date(min(days).year - 1, 12, 31),
-                                  last_date=date(max(days).year + 1, 1, 2))
+        # Whole years around the sessions (not icalendar's 1970-2038 window, kilobytes per
+        # zone on every hourly poll), so a zone with daylight saving keeps both STANDARD
+        # and DAYLIGHT (Outlook expects the pair).
+        first = datetime(min(days).year - 1, 12, 31, tzinfo=UTC)
+        last = datetime(max(days).year + 1, 1, 2, tzinfo=UTC)
+        for name in sorted(zones):
+            cal.add_component(vtimezone(name, first, last))
+    for event in events:  # after the zones they name, as calendar apps read them in order
+        cal.add_component(event)
     return cal.to_ical()
 
 
