@@ -48,7 +48,7 @@ lint: deps
 	$(BIN)/ruff check .
 
 stop:
-	-@pkill -f "$(CURDIR)/[.]venv/bin/nameko run" && echo "stopped services" || true
+	-@pkill -f "$(CURDIR)/[.]venv/bin/python -m services[.]common[.]run" && echo "stopped services" || true
 	-@pkill -f "$(CURDIR)/[.]venv/bin/honcho start" || true
 	-@if [ -f .data/store/nx.pid ]; then kill "$$(cat .data/store/nx.pid)" 2>/dev/null && echo "stopped store"; rm -f .data/store/nx.pid; fi
 

@@ -41,7 +41,6 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench.registry_bench import (  # noqa: E402
-    REGISTRY_MODULE,
     Stack,
     bench_stack,
     cpu_delta,
@@ -164,7 +163,7 @@ def run(args: argparse.Namespace) -> int:
         generated = time.perf_counter() - started
         print(f"generated {args.rows} rows ({len(mistakes)} invalid) in {generated:.1f} s: "
               f"{csv_path}", file=sys.stderr)
-        with bench_stack((REGISTRY_MODULE,)) as stack:
+        with bench_stack() as stack:
             stack.snapshot_memory("before")
             print(f"registry pid {stack.registry.pid}, store pid {stack.store_pid}; "
                   "importing ...", file=sys.stderr, flush=True)

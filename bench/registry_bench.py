@@ -59,17 +59,16 @@ from pymongo import MongoClient  # noqa: E402
 from services.common.caller import caller_context  # noqa: E402
 from services.registry.domain import CSV_COLUMNS, csv_row_to_registration  # noqa: E402
 from services.registry.taxonomy import default_taxonomy  # noqa: E402
+from tests.processes import ServiceProcess  # noqa: E402
 from tests.support import STORE_BIN, nx_store, rabbit_vhost  # noqa: E402
 
 VENV_BIN = ROOT / ".venv" / "bin"
 DB_PREFIX = "bench_"
 SYSTEM_CONTEXT = caller_context(None, ["system"])
 READY_TIMEOUT = 90.0
-# `module:Class`, not the bare module: a bare `services.registry.service` makes nameko
-# also pick up the imported `OutboxRelay` mixin (it has a timer entrypoint, no name) and
-# refuse to start ("Service class must define a `name` attribute").
-REGISTRY_MODULE = "services.registry.service:RegistryService"
-PING_MODULE = "bench.ping_service"
+PING = {"bench.ping_service": "bench_ping"}  # the empty RPC, beside a service
+# The services' own defaults (relay interval, grace), quieter logs.
+BENCH_SETTINGS = {"LOG_LEVEL": "WARNING"}
 
 
 # -- process facts from /proc ------------------------------------------------------------
@@ -129,32 +128,6 @@ def broker_pid() -> int | None:
     return None
 
 
-def listening_ports(pid: int) -> list[int]:
-    """TCP ports a process listens on (the registry's /metrics port, as it picked 0)."""
-    inodes = set()
-    try:
-        for fd in os.listdir(f"/proc/{pid}/fd"):
-            try:
-                target = os.readlink(f"/proc/{pid}/fd/{fd}")
-            except OSError:
-                continue
-            if target.startswith("socket:["):
-                inodes.add(target[8:-1])
-    except OSError:
-        return []
-    ports = []
-    for table in ("tcp", "tcp6"):
-        try:
-            lines = Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            cols = line.split()
-            if cols[3] == "0A" and cols[9] in inodes:  # 0A = LISTEN
-                ports.append(int(cols[1].rsplit(":", 1)[1], 16))
-    return sorted(set(ports))
-
-
 def own_peak_rss_kb() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kB on Linux
 
@@ -164,11 +137,14 @@ def mb(kb: int | None) -> str:
 
 
 # -- the stack under test -----------------------------------------------------------------
+def bench_config(amqp_uri: str, mongo_uri: str) -> dict[str, str]:
+    """Where the bench's processes find the broker and the store."""
+    return {"AMQP_URI": amqp_uri, "MONGO_URI": mongo_uri, "MONGO_DB_PREFIX": DB_PREFIX}
+
+
 def service_env(amqp_uri: str, mongo_uri: str) -> dict[str, str]:
-    """Environment for processes that read services/registry/config.yml (${VAR})."""
-    return {**os.environ, "AMQP_URI": amqp_uri, "MONGO_URI": mongo_uri,
-            "MONGO_DB_PREFIX": DB_PREFIX, "REGISTRY_METRICS_PORT": "0",
-            "LOG_LEVEL": "WARNING"}
+    """Environment for a command that reads services/registry/config.yml (the CLI)."""
+    return {**os.environ, **bench_config(amqp_uri, mongo_uri), **BENCH_SETTINGS}
 
 
 def entrypoint_seconds(port: int | None, entrypoint: str, kind: str = "rpc"
@@ -200,7 +176,7 @@ def entrypoint_seconds(port: int | None, entrypoint: str, kind: str = "rpc"
 class Stack:
     amqp_uri: str
     mongo_uri: str
-    registry: subprocess.Popen[bytes]
+    registry: ServiceProcess
     store_pid: int | None
     workdir: Path
     metrics_port: int | None = None
@@ -248,34 +224,6 @@ def stop_process(proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
             proc.wait()
 
 
-def _tail(path: Path, lines: int = 30) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
-
-
-def wait_ready(proc: subprocess.Popen[bytes], config: dict[str, Any], log: Path,
-               ping: bool) -> None:
-    """Until the registry (and bench_ping, if started) answer an RPC."""
-    deadline = time.monotonic() + READY_TIMEOUT
-    last: Exception | None = None
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"nameko run exited with {proc.returncode}:\n{_tail(log)}")
-        try:
-            with ClusterRpcProxy(config, context_data=SYSTEM_CONTEXT, timeout=5) as rpc:
-                rpc.registry.list_skills()
-                if ping:
-                    rpc.bench_ping.ping()
-            return
-        except Exception as exc:  # noqa: BLE001 - not up yet (UnknownService, timeout)
-            last = exc
-            time.sleep(0.25)
-    raise RuntimeError(f"registry did not answer within {READY_TIMEOUT}s ({last!r}):\n"
-                       f"{_tail(log)}")
-
-
 def _drop_bench_databases(mongo_uri: str) -> None:
     """For a real MongoDB given via MONGO_URI; the nx-27017 started here is in memory."""
     try:
@@ -289,8 +237,9 @@ def _drop_bench_databases(mongo_uri: str) -> None:
 
 
 @contextmanager
-def bench_stack(modules: Sequence[str] = (REGISTRY_MODULE,)) -> Iterator[Stack]:
-    """Store, vhost and a real `nameko run` of `modules`; all stopped on the way out."""
+def bench_stack(beside: dict[str, str] | None = None) -> Iterator[Stack]:
+    """Store, vhost and the registry's real `nameko run` (with `beside` services in the
+    same process); all stopped on the way out."""
     with ExitStack() as cleanup:
         mongo_uri = cleanup.enter_context(nx_store())
         amqp_uri = cleanup.enter_context(rabbit_vhost())
@@ -299,26 +248,18 @@ def bench_stack(modules: Sequence[str] = (REGISTRY_MODULE,)) -> Iterator[Stack]:
             cleanup.callback(_drop_bench_databases, mongo_uri)
         workdir = Path(tempfile.mkdtemp(prefix="sanad-bench-"))
         cleanup.callback(shutil.rmtree, workdir, True)
-        log = workdir / "nameko.log"
-        env = service_env(amqp_uri, mongo_uri)
-        with log.open("wb") as out:
-            # Own session: a terminal Ctrl-C reaches only us; we stop it in order below.
-            proc = subprocess.Popen(
-                [str(VENV_BIN / "nameko"), "run", "--config", "services/registry/config.yml",
-                 *modules], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
-                start_new_session=True)
-        cleanup.callback(stop_process, proc)
-        stack = Stack(amqp_uri=amqp_uri, mongo_uri=mongo_uri, registry=proc,
+        registry = ServiceProcess("registry", bench_config(amqp_uri, mongo_uri), workdir,
+                                  beside=beside, settings=BENCH_SETTINGS)
+        cleanup.callback(registry.stop, 20)
+        stack = Stack(amqp_uri=amqp_uri, mongo_uri=mongo_uri, registry=registry.start(),
                       store_pid=store_pid(mongo_uri), workdir=workdir,
                       broker_pid=broker_pid())
-        wait_ready(proc, stack.config, log,
-                   ping=PING_MODULE in modules)
-        ports = listening_ports(proc.pid)
-        stack.metrics_port = ports[0] if len(ports) == 1 else None
+        registry.wait_answering(stack.config, READY_TIMEOUT)
+        stack.metrics_port = registry.metrics_port()
         yield stack
-        if proc.poll() is not None:
-            print(f"warning: nameko run exited early ({proc.returncode}):\n{_tail(log)}",
-                  file=sys.stderr)
+        if registry.proc is not None and registry.proc.poll() is not None:
+            print(f"warning: nameko run exited early ({registry.proc.returncode}):\n"
+                  f"{registry.log_tail()}", file=sys.stderr)
 
 
 def interrupt_on_sigterm() -> None:
@@ -675,7 +616,7 @@ def store_reads(stack: Stack, ids: list[str], rng: random.Random, count: int) ->
 
 def run(args: argparse.Namespace) -> None:
     rng = random.Random(args.seed)
-    with bench_stack((REGISTRY_MODULE, PING_MODULE)) as stack:
+    with bench_stack(PING) as stack:
         stack.snapshot_memory("idle")
         print(f"registry pid {stack.registry.pid}, store pid {stack.store_pid}, "
               f"metrics port {stack.metrics_port}, vhost {stack.amqp_uri.rsplit('/', 1)[1]}",

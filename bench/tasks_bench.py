@@ -42,11 +42,9 @@ import os  # noqa: E402
 import random  # noqa: E402
 import re  # noqa: E402
 import shutil  # noqa: E402
-import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
-import urllib.request  # noqa: E402
 import uuid  # noqa: E402
 from collections import Counter  # noqa: E402
 from collections.abc import Callable, Iterator, Sequence  # noqa: E402
@@ -67,22 +65,20 @@ from nameko.standalone.rpc import ClusterRpcProxy  # noqa: E402
 from pymongo import MongoClient, monitoring  # noqa: E402
 
 from bench.registry_bench import (  # noqa: E402
+    BENCH_SETTINGS,
     DB_PREFIX,
-    PING_MODULE,
+    PING,
     PLACES,
     READY_TIMEOUT,
-    REGISTRY_MODULE,
     SYSTEM_CONTEXT,
-    VENV_BIN,
     _drop_bench_databases,
-    _tail,
+    bench_config,
     broker_pid,
     cpu_delta,
     cpu_seconds,
     cpu_text,
     entrypoint_seconds,
     interrupt_on_sigterm,
-    listening_ports,
     mb,
     ms,
     own_peak_rss_kb,
@@ -92,12 +88,10 @@ from bench.registry_bench import (  # noqa: E402
     proc_status_kb,
     registration,
     run_concurrently,
-    service_env,
     store_pid,
     timed,
     verdict,
     volunteer_row,
-    wait_ready,
 )
 from services.common.caller import Caller, caller_context  # noqa: E402
 from services.common.envelope import make_envelope  # noqa: E402
@@ -118,9 +112,9 @@ from services.tasks.store import (  # noqa: E402
     index_key,
     stored_task,
 )
+from tests.processes import ServiceProcess, stop_all  # noqa: E402
 from tests.support import nx_store, rabbit_vhost, wait_for  # noqa: E402
 
-TASKS_MODULE = "services.tasks.service:TasksService"
 TASKS_DB = DB_PREFIX + "tasks"
 SCRATCH_DB = DB_PREFIX + "scratch_tasks"  # the store-only claims: apart from the service's
 OWNER = "u_bench_owner"
@@ -139,21 +133,6 @@ CREDENTIAL_P50 = 0.005
 
 
 # -- the stack: store, vhost, registry and tasks as two `nameko run` processes -------------
-def metrics_port(pid: int) -> int | None:
-    """The port serving /metrics (the tasks service also listens for its HTTP feeds)."""
-    for port in listening_ports(pid):
-        try:
-            with urllib.request.urlopen(  # noqa: S310 - our own local process
-                    f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
-                if b"sanad_workers" in resp.read():
-                    return port
-        except OSError:
-            continue
-    return None
-
-
-
-
 def seconds_between(before: tuple[float, int] | None, after: tuple[float, int] | None
                     ) -> tuple[float, int] | None:
     """(seconds, calls) between two /metrics readings."""
@@ -162,26 +141,11 @@ def seconds_between(before: tuple[float, int] | None, after: tuple[float, int] |
     return after[0] - before[0], after[1] - before[1]
 
 
-def stop_all(procs: Sequence[subprocess.Popen[bytes]], timeout: float = 20.0) -> None:
-    """SIGTERM all first, then wait: `nameko run` takes 3-6 s to stop, so in parallel."""
-    for proc in procs:
-        if proc.poll() is None:
-            proc.terminate()
-    deadline = time.monotonic() + timeout
-    for proc in procs:
-        try:
-            proc.wait(max(deadline - time.monotonic(), 0.1))
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 @dataclass
 class TasksStack:
     amqp_uri: str
     mongo_uri: str
-    procs: dict[str, subprocess.Popen[bytes]]  # "registry", "tasks"
-    logs: dict[str, Path]
+    procs: dict[str, ServiceProcess]  # "registry", "tasks"
     store_pid: int | None
     workdir: Path
     broker_pid: int | None = None
@@ -216,25 +180,6 @@ class TasksStack:
         return entrypoint_seconds(self.metrics_ports.get("tasks"), entrypoint, kind)
 
 
-def wait_tasks_ready(proc: subprocess.Popen[bytes], config: dict[str, Any], log: Path) -> None:
-    """Until the tasks service and bench_ping (same process) answer an RPC."""
-    deadline = time.monotonic() + READY_TIMEOUT
-    last: Exception | None = None
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"tasks `nameko run` exited with {proc.returncode}:\n"
-                               f"{_tail(log)}")
-        try:
-            with ClusterRpcProxy(config, context_data=SYSTEM_CONTEXT, timeout=5) as rpc:
-                rpc.tasks.search_tasks({"limit": 1})
-                rpc.bench_ping.ping()
-            return
-        except Exception as exc:  # noqa: BLE001 - not up yet (UnknownService, timeout)
-            last = exc
-            time.sleep(0.25)
-    raise RuntimeError(f"tasks did not answer within {READY_TIMEOUT}s ({last!r}):\n{_tail(log)}")
-
-
 @contextmanager
 def tasks_stack() -> Iterator[TasksStack]:
     """Store, vhost, registry and tasks (+ bench_ping); all stopped on the way out."""
@@ -246,32 +191,24 @@ def tasks_stack() -> Iterator[TasksStack]:
             cleanup.callback(_drop_bench_databases, mongo_uri)
         workdir = Path(tempfile.mkdtemp(prefix="sanad-tasks-bench-"))
         cleanup.callback(shutil.rmtree, workdir, True)
-        env = {**service_env(amqp_uri, mongo_uri), "TASKS_METRICS_PORT": "0",
-               "TASKS_HTTP_ADDRESS": "127.0.0.1:0"}
-        procs: dict[str, subprocess.Popen[bytes]] = {}
-        cleanup.callback(lambda: stop_all(list(procs.values())))
-        logs = {}
-        for name, modules in (("registry", (REGISTRY_MODULE,)),
-                              ("tasks", (TASKS_MODULE, PING_MODULE))):
-            logs[name] = workdir / f"{name}.log"
-            with logs[name].open("wb") as out:
-                # Own session: a terminal Ctrl-C reaches only us; we stop them below.
-                procs[name] = subprocess.Popen(
-                    [str(VENV_BIN / "nameko"), "run", "--config",
-                     f"services/{name}/config.yml", *modules],
-                    cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
-                    start_new_session=True)
-        stack = TasksStack(amqp_uri=amqp_uri, mongo_uri=mongo_uri, procs=procs, logs=logs,
+        config = bench_config(amqp_uri, mongo_uri)
+        procs = {"registry": ServiceProcess("registry", config, workdir,
+                                            settings=BENCH_SETTINGS),
+                 "tasks": ServiceProcess("tasks", config, workdir, beside=PING,
+                                         settings=BENCH_SETTINGS)}
+        cleanup.callback(stop_all, list(procs.values()))
+        stack = TasksStack(amqp_uri=amqp_uri, mongo_uri=mongo_uri,
+                           procs={name: proc.start() for name, proc in procs.items()},
                            store_pid=store_pid(mongo_uri), workdir=workdir,
                            broker_pid=broker_pid())
-        wait_ready(procs["registry"], stack.config, logs["registry"], ping=False)
-        wait_tasks_ready(procs["tasks"], stack.config, logs["tasks"])
-        stack.metrics_ports = {name: metrics_port(proc.pid) for name, proc in procs.items()}
+        for proc in procs.values():
+            proc.wait_answering(stack.config, READY_TIMEOUT)
+        stack.metrics_ports = {name: proc.metrics_port() for name, proc in procs.items()}
         yield stack
         for name, proc in procs.items():
-            if proc.poll() is not None:
-                print(f"warning: {name} `nameko run` exited early ({proc.returncode}):\n"
-                      f"{_tail(logs[name])}", file=sys.stderr)
+            if proc.proc is not None and proc.proc.poll() is not None:
+                print(f"warning: {name} `nameko run` exited early ({proc.proc.returncode}):"
+                      f"\n{proc.log_tail()}", file=sys.stderr)
 
 
 # -- setting the scene: volunteers, a verified organisation, tasks with free slots ----------

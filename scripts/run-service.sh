@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Run one Sanad service with its config.yml: scripts/run-service.sh registry
+# Run one Sanad service with its config (services/<name>/config.yml over
+# services/common/base.yml): scripts/run-service.sh registry
 set -euo pipefail
 cd "$(dirname "$0")/.."
-svc=$1
-exec "$PWD/.venv/bin/nameko" run --config "services/$svc/config.yml" "services.$svc.service:Service"
+exec "$PWD/.venv/bin/python" -m services.common.run "$1"

@@ -24,7 +24,7 @@ store=$!
 # On Ctrl-C every process group gets the signal at once: the store stays until this checkout's
 # services have exited (their last writes, and timers still running, need it), at most
 # 4.5 s: honcho kills stragglers after 5 s.
-services="$PWD/[.]venv/bin/nameko run"
+services="$PWD/[.]venv/bin/python -m services[.]common[.]run"
 trap 'for _ in $(seq 45); do pgrep -f "$services" >/dev/null || break; sleep 0.1; done
       kill -TERM "$store" 2>/dev/null; wait "$store"; echo "store: stopped"; exit 0' INT TERM
 if wait "$store"; then exit 0; fi

@@ -1,6 +1,6 @@
 """Structured JSON logs that carry the nameko call id of the worker that wrote them.
 
-Enable with the `LOGGING` section of a service's config.yml (nameko applies it); the
+Enabled by the `LOGGING` section of services/common/base.yml (the runner applies it); the
 `CallIdLogging` dependency tags each worker's records, the filter adds the tag.
 """
 from __future__ import annotations

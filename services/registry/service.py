@@ -356,6 +356,6 @@ class RegistryService(ServiceBase, OutboxRelay):
 
 
 
-# What `nameko run services.registry.service:Service` starts (scripts/run-service.sh);
-# naming it avoids nameko also trying to run the imported OutboxRelay mixin.
+# What `python -m services.common.run registry` starts (scripts/run-service.sh); naming
+# it avoids nameko also trying to run the imported OutboxRelay mixin.
 Service = RegistryService

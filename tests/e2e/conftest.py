@@ -5,7 +5,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.e2e.processes import ServiceProcess
+from tests.processes import ServiceProcess, stop_all
 
 
 @pytest.fixture
@@ -13,6 +13,4 @@ def processes() -> Iterator[list[ServiceProcess]]:
     """Append each started process; all are stopped when the test ends."""
     running: list[ServiceProcess] = []
     yield running
-    for proc in running:
-        proc.stop()
-
+    stop_all(running)

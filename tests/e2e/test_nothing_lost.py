@@ -13,8 +13,8 @@ from nameko.standalone.rpc import ClusterRpcProxy
 from services.common.caller import caller_context
 from services.common.consumer import consumes
 from services.common.storage import BaseStore, Store
-from tests.e2e.processes import ServiceProcess, answers
 from tests.factories import volunteer
+from tests.processes import ServiceProcess, answers
 from tests.support import wait_for
 
 REGISTERED = "sanad.volunteer.registered.v1"

@@ -10,7 +10,7 @@ from typing import Any
 from nameko.standalone.rpc import ClusterRpcProxy
 
 from services.common.caller import caller_context
-from tests.e2e.processes import ServiceProcess, started
+from tests.processes import ServiceProcess, started
 
 ORG_ID = "org_" + "b" * 28
 KILLED_AFTER_WRITE = {"SANAD_FAILPOINTS": "outbox.after_commit"}

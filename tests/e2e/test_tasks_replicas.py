@@ -14,8 +14,8 @@ from nameko.standalone.rpc import ClusterRpcProxy
 
 from services.common.caller import caller_context
 from services.common.errors import Conflict
-from tests.e2e.processes import ServiceProcess, answers
 from tests.factories import volunteer
+from tests.processes import ServiceProcess, answers
 from tests.support import wait_for
 
 VOLUNTEERS = 200

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from marshmallow import fields
 
 from services.common.caller import Caller, caller_context, parse_caller
-from services.common.config import load_config
+from services.common.config import load_config, read_config, service_config_path
 from services.common.envelope import DomainEvent, check_envelope, make_envelope, parse_time
 from services.common.errors import Forbidden, ValidationError
 from services.common.ids import check_id, new_id
@@ -145,7 +145,27 @@ def test_config_interpolates_environment(tmp_path: Any, monkeypatch: Any) -> Non
     path = tmp_path / "config.yml"
     path.write_text("A: ${SANAD_T_A:fallback}\nB: ${SANAD_T_B:1}\n")
     monkeypatch.setenv("SANAD_T_A", "set")
-    assert load_config(path) == {"A": "set", "B": 1}
+    assert read_config(path) == {"A": "set", "B": 1}
+
+
+def test_a_service_config_is_read_over_the_base(tmp_path: Any, monkeypatch: Any) -> None:
+    path = tmp_path / "config.yml"
+    path.write_text("OUTBOX_RELAY_SECONDS: 7\nLOGGING:\n  loggers:\n    mine: {level: DEBUG}\n")
+    monkeypatch.setenv("LOG_LEVEL", "WARNING")
+    config = load_config(path, max_workers=3)
+    assert config["OUTBOX_RELAY_SECONDS"] == 7  # the service's value wins
+    assert config["serializer"] == "json"  # the base's, untouched
+    assert config["LOGGING"]["loggers"]["mine"] == {"level": "DEBUG"}
+    assert config["LOGGING"]["loggers"]["kombu"] == {"level": "WARNING"}  # merged, not replaced
+    assert config["LOGGING"]["root"]["level"] == "WARNING"
+    assert config["max_workers"] == 3
+
+
+def test_every_service_config_extends_the_base() -> None:
+    for service in ("registry", "tasks"):
+        config = load_config(service_config_path(service))
+        assert {"AMQP_URI", "MONGO_URI", "LOGGING", "METRICS_PORT"} <= set(config)
+        assert not set(read_config(service_config_path(service))) & {"LOGGING", "AMQP_URI"}
 
 
 @given(st.recursive(st.text(max_size=5) | st.integers(),
