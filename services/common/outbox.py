@@ -196,10 +196,25 @@ class OutboxHandle:
         return sent
 
     def relay(self, now: datetime | None = None) -> int:
-        """Publish events left pending longer than the grace period; returns how many."""
-        now = now or datetime.now(UTC)
+        """Publish events left pending longer than the grace period; returns how many.
+
+        Each tick also sets `sanad_outbox_backlog`, to NaN when the store cannot be read:
+        a last good value would hide an outage (the `SanadOutboxBacklogUnknown` alert).
+        """
+        store = self._provider._store()
+        try:
+            sent = self._relay(store, now or datetime.now(UTC))
+            backlog = float(store.outbox_backlog())
+        except Exception:
+            if self._metrics:
+                self._metrics.outbox_backlog.set(float("nan"))
+            raise
+        if self._metrics:
+            self._metrics.outbox_backlog.set(backlog)
+        return sent
+
+    def _relay(self, store: BaseStore, now: datetime) -> int:
         provider = self._provider
-        store = provider._store()
         sent = 0
         for collection in store.OUTBOX_COLLECTIONS:
             while sent < provider.batch:
@@ -222,8 +237,6 @@ class OutboxHandle:
                                          min(written) + provider.grace)
         if sent:
             log.info("outbox relay published %d pending event(s)", sent)
-        if self._metrics:
-            self._metrics.outbox_backlog.set(store.outbox_backlog())
         return sent
 
 
