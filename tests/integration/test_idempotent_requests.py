@@ -3,24 +3,18 @@ result again (the redelivery of a killed worker's request: tests/e2e/test_redeli
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from services.common.errors import Conflict
-from services.registry.service import RegistryService
-from services.tasks.service import TasksService
 from tests.factories import volunteer
-from tests.support import wait_for
+
+if TYPE_CHECKING:
+    from tests.integration.world import World
 
 
-@pytest.fixture
-def platform(container_factory: Any, config: dict[str, Any]) -> None:
-    for service in (RegistryService, TasksService):
-        container_factory(service, config).start()
-
-
-def test_a_registration_sent_twice_with_one_key_registers_once(platform: None, rpc: Any,
+def test_a_registration_sent_twice_with_one_key_registers_once(platform: Any, rpc: Any,
                                                                 db: Any, tap: Any) -> None:
     events = tap("registry")
     first = rpc("registry", roles=(), idempotency_key="signup-7f3a9c21")
@@ -33,7 +27,7 @@ def test_a_registration_sent_twice_with_one_key_registers_once(platform: None, r
     assert "request_key" not in created
 
 
-def test_one_key_from_two_callers_is_two_requests(platform: None, rpc: Any, db: Any) -> None:
+def test_one_key_from_two_callers_is_two_requests(platform: Any, rpc: Any, db: Any) -> None:
     orgs = [rpc("registry", roles=("coordinator",), user_id=user,
                 idempotency_key="new-org-000001").register_organisation(
                     {"name": f"Relief {user}", "country": "JO",
@@ -44,14 +38,8 @@ def test_one_key_from_two_callers_is_two_requests(platform: None, rpc: Any, db: 
 
 
 def test_a_task_created_and_published_twice_with_one_key_is_one_task(
-        platform: None, rpc: Any, db: Any, tap: Any) -> None:
-    owner = rpc("registry", roles=("coordinator",), user_id="u_coord")
-    org = owner.register_organisation({"name": "Tutors Without Borders", "country": "LB",
-                                       "contact_email": "team@twb.example"})
-    rpc("registry", roles=("platform_admin",), user_id="u_admin").verify_organisation(
-        org["id"], {"version": 1})
-    wait_for(lambda: (db("tasks").organisations.find_one({"_id": org["id"]})
-                      or {}).get("status") == "verified")
+        world: World, rpc: Any, db: Any, tap: Any) -> None:
+    org = {"id": world.org_id}
     start = (datetime.now(UTC) + timedelta(days=7)).replace(tzinfo=None, microsecond=0)
     data = {"organisation_id": org["id"], "title": "دعم دراسي", "category": "tutoring",
             "timezone": "Asia/Beirut", "slots": 2,

@@ -11,71 +11,8 @@ import pytest
 from services.common.errors import Conflict, Forbidden, ValidationError
 from services.registry.service import RegistryService
 from services.tasks.service import TasksService
-from tests.factories import volunteer
+from tests.integration.world import World
 from tests.support import wait_for
-
-
-@pytest.fixture
-def containers(container_factory: Any, config: dict[str, Any]) -> dict[str, Any]:
-    tasks_config = {**config, "ASSIGNMENT_TIMER_SECONDS": 0.3, "OFFER_HOURS": 48,
-                    "TASK_TIMER_SECONDS": 0.5}
-    started = {}
-    for name, service, cfg in (("registry", RegistryService, config),
-                               ("tasks", TasksService, tasks_config)):
-        started[name] = container_factory(service, cfg)
-        started[name].start()
-    return started
-
-
-@pytest.fixture
-def platform(containers: dict[str, Any]) -> dict[str, Any]:
-    return containers["tasks"].config
-
-
-class World:
-    """An organisation, its coordinator and volunteers, as the tasks service learns them."""
-
-    def __init__(self, rpc: Any, db: Any) -> None:
-        self.rpc, self.db = rpc, db
-        self.registry = rpc("registry")
-        owner = rpc("registry", roles=("coordinator",), user_id="u_coord")
-        org = owner.register_organisation({"name": "Tutors Without Borders", "country": "LB",
-                                           "contact_email": "team@twb.example"})
-        rpc("registry", roles=("platform_admin",), user_id="u_admin").verify_organisation(
-            org["id"], {"version": 1})
-        self.org_id = org["id"]
-        self.coordinator = rpc("tasks", roles=("coordinator",), user_id="u_coord",
-                               org_ids=(org["id"],))
-        self.system = rpc("tasks")
-        wait_for(lambda: (self.db("tasks").organisations.find_one({"_id": self.org_id})
-                          or {}).get("status") == "verified")
-
-    def volunteer(self, n: int, **overrides: Any) -> str:
-        vol = self.registry.register_volunteer(volunteer(f"v{n}@example.org", **overrides))
-        wait_for(lambda: self.db("tasks").volunteers.find_one({"_id": vol["id"]}))
-        return vol["id"]
-
-    def as_volunteer(self, volunteer_id: str) -> Any:
-        return self.rpc("tasks", roles=("volunteer",), user_id=volunteer_id)
-
-    def task(self, slots: int = 2, publish: bool = True, **overrides: Any) -> dict[str, Any]:
-        start = (datetime.now(UTC) + timedelta(days=7)).replace(tzinfo=None, microsecond=0)
-        data = {"organisation_id": self.org_id, "title": "دعم دراسي في الرياضيات",
-                "category": "tutoring", "timezone": "Asia/Beirut", "slots": slots,
-                "required_skills": [{"skill_id": "sk_math_tutoring"}], "languages": ["ar"],
-                "skills_practised": ["sk_math_tutoring", "sk_online_collaboration"],
-                "schedule": {"kind": "one_off", "start": start.isoformat(),
-                             "end": (start + timedelta(hours=2)).isoformat()}}
-        data.update(overrides)
-        task = self.coordinator.create_task(data)
-        if publish:
-            task = self.coordinator.publish_task(task["id"], {"version": task["version"]})
-        return task
-
-
-@pytest.fixture
-def world(platform: Any, rpc: Any, db: Any) -> World:
-    return World(rpc, db)
 
 
 def test_task_lifecycle_and_events(world: World, tap: Any) -> None:
@@ -711,7 +648,8 @@ def jwt_kid(token: str) -> str:
     return jwt.get_unverified_header(token)["kid"]
 
 
-def test_accept_racing_an_expired_offer_gives_the_slot_back(world: World, db: Any) -> None:
+def test_accept_racing_an_expired_offer_gives_the_slot_back(world: World, db: Any,
+                                                            slot_keeper: Any) -> None:
     """The offer expires between accept's read and its claim: no slot kept, nothing
     announced (the service's own steps, driven in the losing order)."""
     from services.tasks.store import TasksStore
@@ -732,17 +670,8 @@ def test_accept_racing_an_expired_offer_gives_the_slot_back(world: World, db: An
     assert store.assignment(offer["id"])["status"] == "expired"
 
 
-def slot_keeper(store: Any, now: datetime) -> Any:
-    """The service's slot steps, driven by a test; events stay in the outbox."""
-    from services.common.outbox import commit_unpublished
-    from services.tasks import domain as tasks_domain
-    from services.tasks.slots import SlotKeeper
-
-    return SlotKeeper(store, commit_unpublished("tasks"), tasks_domain.Policy(), now)
-
-
 def test_a_crash_between_a_claims_two_writes_leaves_no_slot_lost(world: World,
-                                                                 db: Any) -> None:
+                                                                 db: Any, slot_keeper: Any) -> None:
     """The slot is taken, the process dies before the assignment is written: the audit
     gives the slot back once no claim can still be on its way, never while one may be;
     until then the volunteer's retry is refused like any second claim."""
@@ -787,7 +716,7 @@ def test_a_crash_between_a_claims_two_writes_leaves_no_slot_lost(world: World,
 
 
 def test_a_sign_up_landing_after_its_task_ended_is_closed_by_the_audit(
-        world: World, db: Any, containers: dict[str, Any]) -> None:
+        world: World, db: Any, containers: dict[str, Any], slot_keeper: Any) -> None:
     """The task ends between a sign-up's claim and its insert: the end closed the live
     assignments before this one existed; the reconcile timer's audit closes it."""
     from nameko.testing.services import entrypoint_hook
@@ -819,7 +748,7 @@ def test_a_sign_up_landing_after_its_task_ended_is_closed_by_the_audit(
 
 
 def test_a_freed_slot_goes_to_the_line_not_to_a_sign_up_racing_its_promotion(
-        world: World, db: Any, tap: Any) -> None:
+        world: World, db: Any, tap: Any, slot_keeper: Any) -> None:
     """A release gave its slot back and has not promoted yet (or its promotion lost a
     race): a direct sign-up arriving then is refused, and the first eligible waiter, not a
     paused one ahead of them, gets the slot, once. With no eligible waiter, the slot is
