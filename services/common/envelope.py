@@ -32,7 +32,7 @@ kombu.serialization.register(CLOUDEVENTS_SERIALIZER, _encode, json.loads,
 
 SPECVERSION = "1.0"
 # Versioned types: a breaking change gets a new type, old consumers keep theirs.
-TYPE_PATTERN = re.compile(r"^sanad\.[a-z_]+\.[a-z_]+\.v[0-9]+$")
+TYPE_PATTERN = re.compile(r"^sanad\.[a-z_]+\.[a-z_]+\.v[0-9]+\Z")
 REQUIRED = ("specversion", "id", "source", "type")
 
 

@@ -17,7 +17,7 @@ def new_id(prefix: str) -> str:
     return f"{prefix}_{int(time.time() * 1000):012x}{secrets.token_hex(8)}"
 
 
-ID_PATTERN = re.compile(r"^[a-z]{2,5}_[0-9a-f]{28}$")
+ID_PATTERN = re.compile(r"^[a-z]{2,5}_[0-9a-f]{28}\Z")
 
 
 def check_id(value: object, prefix: str, field: str = "id") -> str:

@@ -12,6 +12,7 @@ import re
 import unicodedata
 from collections.abc import Mapping
 from datetime import date, datetime
+from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
@@ -23,14 +24,47 @@ from services.common.errors import ValidationError
 MAX_PAYLOAD_BYTES = 64 * 1024
 MAX_DEPTH = 8
 
-# Control characters other than tab/newline have no business in user text and break
-# logs, CSV exports and terminals; bidi marks are kept because Arabic text needs them.
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+# Control characters (C0 but tab and newline, DEL, C1), line and paragraph separators and
+# the BOM break logs, CSV exports and terminals; bidi embeddings and overrides (U+202A-E)
+# can make `admin` show in place of another name. The marks LRM/RLM/ALM and the isolates
+# (U+2066-9) stay: legitimate Arabic and mixed-direction text uses them.
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\ufeff\u202a-\u202e]")
+# A one-line field (a name, a title, a region) also refuses tab and newline.
+_LINE_BREAK = re.compile("[\t\n]")
+# 64-bit signed: what BSON stores as a number; anything beyond is refused, not converted.
+MAX_INT = 2**63 - 1
+MAX_LIST_ITEMS = 5000
+
+
+def _check_value(value: Any, path: str, errors: dict[str, list[str]]) -> None:
+    """Numbers and strings that would cost a lot, or fail, once a field converts them."""
+    where = path or "_schema"
+    if isinstance(value, bool):
+        return
+    if isinstance(value, int):
+        if not -MAX_INT - 1 <= value <= MAX_INT:
+            errors[where] = ["Number out of range (64-bit signed integers at most)."]
+    elif isinstance(value, float):
+        if value != value or value in (float("inf"), float("-inf")):
+            errors[where] = ["Not a finite number."]
+    elif isinstance(value, Decimal):
+        # judged by its exponent: int(Decimal("1e999999")) would take seconds
+        if not value.is_finite() or value.adjusted() > 18:
+            errors[where] = ["Number out of range (64-bit signed integers at most)."]
+    elif isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            errors[where] = ["Not valid text (a lone surrogate)."]
 
 
 def _check_keys(value: Any, path: str, depth: int, errors: dict[str, list[str]]) -> None:
     if depth > MAX_DEPTH:
         errors[path or "_schema"] = [f"Nested deeper than {MAX_DEPTH} levels."]
+        return
+    if isinstance(value, list | tuple) and len(value) > MAX_LIST_ITEMS:
+        # before walking or sizing it: a million empty rows is cheap to send
+        errors[path or "_schema"] = [f"More than {MAX_LIST_ITEMS} items."]
         return
     if isinstance(value, Mapping):
         for key, item in value.items():
@@ -44,6 +78,8 @@ def _check_keys(value: Any, path: str, depth: int, errors: dict[str, list[str]])
     elif isinstance(value, list | tuple):
         for index, item in enumerate(value):
             _check_keys(item, f"{path}.{index}" if path else str(index), depth + 1, errors)
+    else:
+        _check_value(value, path, errors)
 
 
 class StrictSchema(Schema):
@@ -61,6 +97,11 @@ def guard_raw_input(data: Any, max_bytes: int) -> None:
     the whole payload, before any field is read (nested schemas need not repeat it)."""
     if data is None:
         return
+    # keys, depth, list lengths and numbers first: cheap, and they make sizing safe
+    errors: dict[str, list[str]] = {}
+    _check_keys(data, "", 0, errors)
+    if errors:
+        raise ValidationError("Invalid input.", errors)
     try:
         size = len(json.dumps(data, ensure_ascii=False, default=str).encode())
     except (TypeError, ValueError) as exc:
@@ -69,10 +110,6 @@ def guard_raw_input(data: Any, max_bytes: int) -> None:
     if size > max_bytes:
         raise ValidationError("Invalid input.", {"_schema": [
             f"Payload is {size} bytes; the limit is {max_bytes}."]})
-    errors: dict[str, list[str]] = {}
-    _check_keys(data, "", 0, errors)
-    if errors:
-        raise ValidationError("Invalid input.", errors)
 
 
 def load(schema: Schema, data: Any, *, partial: bool = False) -> Any:
@@ -102,18 +139,28 @@ def load(schema: Schema, data: Any, *, partial: bool = False) -> Any:
 
 
 class Text(fields.String):
-    """User text in any script: NFC-normalised, trimmed, bounded, no control characters."""
+    """User text in any script: NFC-normalised, trimmed, bounded, no control characters.
 
-    def __init__(self, *, max_length: int = 200, min_length: int = 0, **kwargs: Any) -> None:
+    One line unless `multiline` (descriptions, notes): there CRLF and CR become LF.
+    """
+
+    def __init__(self, *, max_length: int = 200, min_length: int = 0,
+                 multiline: bool = False, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.max_length = max_length
         self.min_length = min_length
+        self.multiline = multiline
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
         text = unicodedata.normalize("NFC", super()._deserialize(value, attr, data, **kwargs))
         text = text.strip()
+        if self.multiline:
+            text = text.replace("\r\n", "\n").replace("\r", "\n")
+        elif _LINE_BREAK.search(text):
+            raise MarshmallowError("Must be one line (no tab or line break).")
         if _CONTROL.search(text):
-            raise MarshmallowError("Contains control characters.")
+            raise MarshmallowError(
+                "Contains control characters, line separators or bidi overrides.")
         if len(text) > self.max_length:
             raise MarshmallowError(f"Longer than {self.max_length} characters.")
         if len(text) < self.min_length:
@@ -179,7 +226,7 @@ class Page(StrictSchema):
 
     limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=500))
     cursor = fields.String(load_default=None, allow_none=True,
-                           validate=validate.Regexp(r"^[a-z]{2,5}_[0-9a-f]{28}$"))
+                           validate=validate.Regexp(r"^[a-z]{2,5}_[0-9a-f]{28}\Z"))
 
 
 _PLAIN = frozenset({str, int, float, bool, type(None)})

@@ -246,7 +246,7 @@ def export_volunteer(doc: Mapping[str, Any]) -> dict[str, Any]:
     return {"volunteer_id": doc["_id"], "data": held}
 
 
-SKILL_ID = re.compile(r"^sk_[a-z0-9_]{1,60}$")
+SKILL_ID = re.compile(r"^sk_[a-z0-9_]{1,60}\Z")
 
 
 def credit_hours(hours: Any, skill_ids: Iterable[Any]) -> dict[str, float]:

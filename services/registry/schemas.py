@@ -33,9 +33,10 @@ ORG_ROLES = ("owner", "coordinator", "viewer")
 CONTACT_CHANNELS = ("sms", "phone", "whatsapp", "none")
 NEED_CATEGORIES = ("digital_literacy", "tutoring", "translation", "psychosocial_support",
                    "data", "tech", "communication", "management", "creative", "professional")
-_HHMM = re.compile(r"^(?:[01]\d|2[0-3]):[0-5]\d$|^24:00$")
-ID = {"validate": validate.Regexp(r"^[a-z]{2,5}_[0-9a-f]{28}$", error="Not a valid id.")}
-PHONE = validate.Regexp(r"^\+[1-9]\d{6,14}$", error="Expected an E.164 number such as +9611234567.")
+_HHMM = re.compile(r"^(?:[01]\d|2[0-3]):[0-5]\d\Z|^24:00\Z")
+ID = {"validate": validate.Regexp(r"^[a-z]{2,5}_[0-9a-f]{28}\Z", error="Not a valid id.")}
+PHONE = validate.Regexp(r"^\+[1-9]\d{6,14}\Z",
+                        error="Expected an E.164 number such as +9611234567.")
 
 
 class LanguageSchema(StrictSchema):
@@ -107,7 +108,7 @@ class VolunteerProfileFields(StrictSchema):
     availability = fields.Nested(AvailabilitySchema, required=True)
     mode = fields.String(load_default="remote", validate=validate.OneOf(MODES))
     location = fields.Nested(LocationSchema, load_default=None, allow_none=True)
-    about = Text(load_default="", max_length=2000)
+    about = Text(load_default="", max_length=2000, multiline=True)
 
     @validates_schema
     def _onsite_needs_place(self, data: dict[str, Any], partial: bool = False,
@@ -139,7 +140,7 @@ class VettingSchema(StrictSchema):
 
 class StatusChangeSchema(StrictSchema):
     version = fields.Integer(required=True, validate=validate.Range(min=1))
-    reason = Text(load_default=None, allow_none=True, max_length=300)
+    reason = Text(load_default=None, allow_none=True, max_length=300, multiline=True)
 
 
 class VolunteerSearchSchema(Page):
@@ -158,17 +159,17 @@ class RegisterOrganisationSchema(StrictSchema):
     contact_email = Email(required=True)
     website = fields.Url(load_default=None, allow_none=True, schemes={"https", "http"},
                          validate=validate.Length(max=300))
-    description = Text(load_default="", max_length=2000)
+    description = Text(load_default="", max_length=2000, multiline=True)
 
 
 class OrganisationDecisionSchema(StrictSchema):
     version = fields.Integer(required=True, validate=validate.Range(min=1))
-    reason = Text(load_default=None, allow_none=True, max_length=300)
+    reason = Text(load_default=None, allow_none=True, max_length=300, multiline=True)
 
 
 class MemberSchema(StrictSchema):
     user_id = fields.String(required=True, validate=validate.Regexp(
-        r"^[A-Za-z0-9_@:.\-|]{1,128}$", error="Not a valid user id."))
+        r"^[A-Za-z0-9_@:.\-|]{1,128}\Z", error="Not a valid user id."))
     role = fields.String(load_default="coordinator", validate=validate.OneOf(ORG_ROLES))
 
 
@@ -205,5 +206,6 @@ class ImportBatchSchema(StrictSchema):
     max_bytes = 4 * 1024 * 1024
     rows = fields.List(fields.Dict(keys=fields.String(), values=fields.Raw()),
                        required=True, validate=validate.Length(min=1, max=1000))
-    first_row = fields.Integer(load_default=2, validate=validate.Range(min=1))
+    first_row = fields.Integer(load_default=2,  # a spreadsheet line
+                               validate=validate.Range(min=1, max=10**9))
     terms_version = Text(required=True, min_length=1, max_length=32)

@@ -191,8 +191,8 @@ class RegistryService(ServiceBase, OutboxRelay):
     @rpc
     def import_volunteers(self, batch: Any) -> dict[str, Any]:
         """One batch of CSV rows; the per-row report says created, updated or rejected."""
+        self.caller.require(COORDINATOR)  # before reading up to 4 MB of rows
         payload = load(IMPORT, batch)
-        self.caller.require(COORDINATOR)
         report = [self._import_row(payload["first_row"] + n, row, payload["terms_version"])
                   for n, row in enumerate(payload["rows"])]
         return {"rows": report}

@@ -22,7 +22,7 @@ import yaml
 DEFAULT_PATH = Path(__file__).with_name("taxonomy.yml")
 CATEGORIES = frozenset({"education", "language", "data", "technology", "care",
                         "communication", "management", "creative", "health", "other"})
-_ID = re.compile(r"^sk_[a-z0-9_]+$")
+_ID = re.compile(r"^sk_[a-z0-9_]+\Z")
 # Part of `version`: stored keys depend on these rules as much as on the file, so a rule
 # change must be visible to consumers even when taxonomy.yml is untouched.
 _KEY_SCHEME = 1

@@ -6,6 +6,7 @@ updates. Every function that changes something returns the events it causes.
 """
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -130,11 +131,16 @@ RRULE_PARTS = frozenset({"FREQ", "INTERVAL", "COUNT", "UNTIL", "BYDAY", "BYMONTH
 RRULE_FREQS = frozenset({"DAILY", "WEEKLY", "MONTHLY"})
 
 
+_RRULE_TEXT = re.compile(r"[A-Za-z0-9=;,:+\-]{1,300}")
+
+
 def _check_rrule(text: str) -> None:
     def refuse(message: str) -> ValidationError:
         return ValidationError("Invalid input.", {"schedule": {"rrule": [message]}})
 
-    body = text.strip().upper().removeprefix("RRULE:")
+    if not _RRULE_TEXT.fullmatch(text):  # no spaces, newlines or controls stored with it
+        raise refuse("Write the rule with letters, digits and = ; , : + - only.")
+    body = text.upper().removeprefix("RRULE:")
     try:
         parts = dict(part.split("=", 1) for part in body.split(";") if part)
     except ValueError:

@@ -16,8 +16,8 @@ CATEGORIES = ("digital_literacy", "tutoring", "translation", "psychosocial_suppo
               "tech", "communication", "management", "creative", "professional")
 SCHEDULE_KINDS = ("one_off", "deadline", "recurring")
 TASK_STATUSES = ("draft", "open", "filled", "in_progress", "completed", "cancelled", "expired")
-SKILL_ID = validate.Regexp(r"^sk_[a-z0-9_]{1,60}$", error="Not a taxonomy skill id.")
-ID = validate.Regexp(r"^[a-z]{2,5}_[0-9a-f]{28}$", error="Not a valid id.")
+SKILL_ID = validate.Regexp(r"^sk_[a-z0-9_]{1,60}\Z", error="Not a taxonomy skill id.")
+ID = validate.Regexp(r"^[a-z]{2,5}_[0-9a-f]{28}\Z", error="Not a valid id.")
 
 
 class RequiredSkillSchema(StrictSchema):
@@ -62,7 +62,7 @@ class ScheduleSchema(StrictSchema):
 
 class TaskFields(StrictSchema):
     title = Text(required=True, min_length=3, max_length=150)
-    description = Text(load_default="", max_length=5000)
+    description = Text(load_default="", max_length=5000, multiline=True)
     category = fields.String(required=True, validate=validate.OneOf(CATEGORIES))
     urgency = fields.String(load_default="normal", validate=validate.OneOf(URGENCIES))
     mode = fields.String(load_default="remote", validate=validate.OneOf(MODES))
@@ -103,7 +103,7 @@ class UpdateTaskSchema(TaskFields):
 
 class VersionSchema(StrictSchema):
     version = fields.Integer(required=True, validate=validate.Range(min=1))
-    reason = Text(load_default=None, allow_none=True, max_length=300)
+    reason = Text(load_default=None, allow_none=True, max_length=300, multiline=True)
 
 
 class TaskSearchSchema(Page):
@@ -120,21 +120,21 @@ class TaskSearchSchema(Page):
 
 class OfferSchema(StrictSchema):
     volunteer_id = fields.String(required=True, validate=ID)
-    note = Text(load_default=None, allow_none=True, max_length=500)
+    note = Text(load_default=None, allow_none=True, max_length=500, multiline=True)
 
 
 class HoursSchema(StrictSchema):
     hours = fields.Float(required=True, validate=validate.Range(min=0.25, max=24))
     session_id = fields.String(load_default=None, allow_none=True,
-                               validate=validate.Regexp(r"^s[0-9]{1,4}$"))
-    note = Text(load_default=None, allow_none=True, max_length=500)
+                               validate=validate.Regexp(r"^s[0-9]{1,4}\Z"))
+    note = Text(load_default=None, allow_none=True, max_length=500, multiline=True)
 
 
 class HoursDecisionSchema(StrictSchema):
-    entry_id = fields.String(required=True, validate=validate.Regexp(r"^h[0-9]{1,4}$"))
-    reason = Text(load_default=None, allow_none=True, max_length=300)
+    entry_id = fields.String(required=True, validate=validate.Regexp(r"^h[0-9]{1,4}\Z"))
+    reason = Text(load_default=None, allow_none=True, max_length=300, multiline=True)
 
 
 class FeedbackSchema(StrictSchema):
     rating = fields.Integer(required=True, validate=validate.Range(min=1, max=5))
-    comment = Text(load_default="", max_length=1000)
+    comment = Text(load_default="", max_length=1000, multiline=True)

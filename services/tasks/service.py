@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import secrets
 import uuid
 from collections.abc import Callable
@@ -60,6 +61,8 @@ log = logging.getLogger(__name__)
 def public_url(config: dict[str, Any], path: str) -> str:
     """`path` at the address the outside world uses (credentials embed it)."""
     return str(config.get("PUBLIC_URL", "http://127.0.0.1:8102")).rstrip("/") + path
+# what issue_credential hands out: `urn:uuid:` and a lowercase UUID
+CREDENTIAL_ID = re.compile(r"urn:uuid:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 class SigningKeys(DependencyProvider):
@@ -447,7 +450,7 @@ class TasksService(ServiceBase, OutboxRelay):
     def revoke_credential(self, credential_id: Any, data: Any) -> dict[str, Any]:
         """Withdraw a credential (hours later found false): the status list shows it."""
         payload = load(VERSION, data)
-        if not isinstance(credential_id, str) or len(credential_id) > 60:
+        if not isinstance(credential_id, str) or not CREDENTIAL_ID.fullmatch(credential_id):
             raise ValidationError("Invalid input.", {"credential_id": ["Not a credential id."]})
         held = self.store.credential(credential_id)
         domain.require_org_member(self.caller, held["organisation_id"])
